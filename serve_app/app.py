@@ -1,0 +1,87 @@
+"""The typed application builder: `import_path: serve_app.app:build_app` plus `args`.
+
+It validates the arguments, catalog and preset, refuses a preset that does not fit its GPU, and
+binds one deployment per model, the model directory, and the ingress that holds their handles.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.ingress import Ingress
+from deployments.model_directory import ModelDirectory
+from deployments.model_server import ModelServer
+from deployments.vllm_engine import EngineConfig
+from serve_app.config import AppArgs, ModelSpec, check_preset_fits, load_catalog, load_preset
+
+logger = logging.getLogger("ray.serve")
+
+# vLLM on the GPU sizes its KV cache from gpu_memory_utilization; on the CPU it ignores it and
+# reads VLLM_CPU_KVCACHE_SPACE, but still refuses values above what a "device" would allow.
+CPU_GPU_MEMORY_UTILIZATION = 0.05
+
+
+def engine_config(spec: ModelSpec, args: AppArgs) -> EngineConfig:
+    if args.profile == "cpu":
+        return EngineConfig(
+            model_path=str(args.cpu.checkpoint_path()),
+            served_model_id=spec.id,
+            dtype=args.cpu.dtype,
+            max_model_len=args.cpu.max_model_len,
+            gpu_memory_utilization=CPU_GPU_MEMORY_UTILIZATION,
+            reasoning_parser=spec.reasoning_parser,
+            enforce_eager=True,
+        )
+    return EngineConfig(
+        model_path=spec.hf_source,
+        served_model_id=spec.id,
+        dtype=spec.dtype,
+        max_model_len=spec.max_model_len,
+        gpu_memory_utilization=spec.gpu_memory_utilization,
+        quantization=spec.quantization,
+        reasoning_parser=spec.reasoning_parser,
+    )
+
+
+def actor_options(spec: ModelSpec, args: AppArgs) -> dict[str, Any]:
+    if args.profile == "cpu":
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(args.cpu.kv_cache_space_gb)}
+        return {"num_cpus": args.cpu.num_cpus, "runtime_env": {"env_vars": env}}
+    return {"num_gpus": spec.gpu_fraction, "num_cpus": 1}
+
+
+def build_app(raw_args: dict[str, Any] | None = None) -> Application:
+    args = AppArgs.model_validate(raw_args or {})
+    catalog = load_catalog(args.resolve(args.catalog_path))
+    preset = load_preset(args.resolve(args.presets_dir), args.resolved_preset(), catalog)
+    # The fit check is about GPUs; the CPU profile runs tiny checkpoints but keeps the real numbers
+    # visible (GET /v1/presets/{name}) so a preset that would not fit its GPU is still refused.
+    fits = check_preset_fits(preset, catalog)
+    if args.profile == "cpu" and not args.cpu.checkpoint_path().joinpath("config.json").is_file():
+        raise FileNotFoundError(
+            f"CPU profile checkpoint missing at {args.cpu.checkpoint_path()}; "
+            "build it with: python -m serve_app.tiny_checkpoint"
+        )
+    logger.info("building preset %s (%s profile): %s", preset.name, args.profile, list(preset.models))
+
+    directory = ModelDirectory.bind(list(preset.models))
+    handles = {}
+    for model_id in preset.models:
+        spec = catalog.get(model_id)
+        deployment = serve.deployment(ModelServer).options(
+            name=model_id,
+            ray_actor_options=actor_options(spec, args),
+            **spec.serving.deployment_options(),
+        )
+        handles[model_id] = deployment.bind(model_id, engine_config(spec, args), args.limits, directory)
+    ingress_cpus = 0.25 if args.profile == "cpu" else 1
+    ingress = serve.deployment(Ingress).options(
+        name="ingress",
+        ray_actor_options={"num_cpus": ingress_cpus},
+        **args.ingress.deployment_options(),
+    )
+    return ingress.bind(args, catalog, preset, fits, handles, directory)

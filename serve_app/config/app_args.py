@@ -1,0 +1,69 @@
+"""Arguments of the application builder (`import_path: serve_app.app:build_app` plus `args`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from serve_app.config.schema import ServingOptions, Strict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PRESET_ENV_VAR = "INFERENCE_DEFAULT_PRESET"
+
+
+class CpuProfile(Strict):
+    """How the CPU profile serves every catalog id from one small local checkpoint."""
+
+    checkpoint: str = Field(
+        "models/tiny-llama",
+        description="Local checkpoint directory (relative paths are from the project root).",
+    )
+    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Engine dtype on the CPU.")
+    max_model_len: int = Field(2048, gt=0, description="Context length of the CPU engines.")
+    kv_cache_space_gb: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for each engine.")
+    num_cpus: float = Field(0.5, gt=0, description="Ray `num_cpus` of one model replica.")
+
+    def checkpoint_path(self) -> Path:
+        path = Path(self.checkpoint)
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+class RequestLimits(Strict):
+    max_body_bytes: int = Field(1_000_000, gt=0, description="Larger request bodies get 413.")
+    max_messages: int = Field(256, gt=0, description="Most messages one chat request may carry.")
+    max_n: int = Field(8, ge=1, description="Most choices (`n`) one request may ask for.")
+
+
+class AppArgs(Strict):
+    """The `args` block of serve_config.yaml."""
+
+    preset: str = Field(
+        "D4", description=f"Preset to deploy; the {PRESET_ENV_VAR} environment variable overrides it."
+    )
+    profile: Literal["gpu", "cpu"] = Field(
+        "gpu", description="gpu: real weights on GPUs. cpu: tiny local checkpoint on vllm-cpu."
+    )
+    cpu: CpuProfile = Field(default_factory=CpuProfile, description="Settings of the CPU profile.")
+    presets_dir: str = Field("presets", description="Directory of preset YAML files.")
+    catalog_path: str = Field("presets/catalog.yaml", description="The model catalog YAML.")
+    ingress: ServingOptions = Field(
+        default_factory=lambda: ServingOptions(max_ongoing_requests=256, max_queued_requests=512),
+        description="Ray Serve admission settings of the ingress deployment.",
+    )
+    limits: RequestLimits = Field(default_factory=RequestLimits, description="Request size limits.")
+    critique_step_timeout_s: float = Field(
+        120, gt=0, description="Timeout of one model call inside a pipeline."
+    )
+    engine_start_timeout_s: float = Field(
+        900, gt=0, description="How long a load may wait for an engine to become ready."
+    )
+
+    def resolved_preset(self) -> str:
+        return os.environ.get(PRESET_ENV_VAR) or self.preset
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative)
+        return path if path.is_absolute() else PROJECT_ROOT / path

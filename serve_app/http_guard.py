@@ -1,0 +1,107 @@
+"""Pure-ASGI middleware in front of every route: request ids, API keys and body size.
+
+It is ASGI rather than Starlette's BaseHTTPMiddleware so that streamed responses pass through
+untouched and a client disconnect reaches the model call as a cancellation.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from serve_app.errors import PayloadTooLarge, ServiceError, Unauthorized
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+REQUEST_ID_HEADER = "x-request-id"
+OPEN_PATHS = ("/health", "/-/")
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """API keys for /v1/*; admin keys, when set, are additionally required for load/unload."""
+
+    api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+
+    @staticmethod
+    def from_env_values(api: str | None, admin: str | None) -> KeyPolicy:
+        def split(value: str | None) -> tuple[str, ...]:
+            return tuple(k.strip() for k in (value or "").split(",") if k.strip())
+
+        return KeyPolicy(split(api), split(admin))
+
+
+def _matches(presented: str, keys: tuple[str, ...]) -> bool:
+    # Compare against every key so timing reveals neither which key nor how much matched.
+    result = False
+    for key in keys:
+        result |= hmac.compare_digest(presented.encode(), key.encode())
+    return result
+
+
+def check_key(path: str, authorization: str | None, policy: KeyPolicy) -> None:
+    if path.startswith(OPEN_PATHS) or not path.startswith("/v1/"):
+        return
+    admin_route = path.endswith(("/load", "/unload"))
+    required = policy.admin_keys if admin_route and policy.admin_keys else policy.api_keys
+    if not required:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized(
+            "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
+        )
+    if not _matches(token.strip(), required):
+        raise Unauthorized("Incorrect API key provided." + (" This route needs the admin key." if admin_route and policy.admin_keys else ""))
+
+
+class HttpGuard:
+    def __init__(self, app: ASGIApp, policy: KeyPolicy, max_body_bytes: int):
+        self.app = app
+        self.policy = policy
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        request_id = headers.get(REQUEST_ID_HEADER) or f"req-{uuid.uuid4().hex}"
+        request_id = request_id[:128]
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [h for h in message["headers"] if h[0].lower() != b"x-request-id"]
+                message["headers"].append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            check_key(scope["path"], headers.get("authorization"), self.policy)
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+                raise PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
+        except ServiceError as error:
+            await send_error(send_with_id, error)
+            return
+        await self.app(scope, receive, send_with_id)
+
+
+async def send_error(send: Send, error: ServiceError) -> None:
+    body = json.dumps(error.body().model_dump()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    if error.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

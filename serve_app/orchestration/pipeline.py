@@ -1,0 +1,224 @@
+"""Multi-model pipelines composed over `ModelClient`s: critique (draft -> critique -> revise) and
+ensemble (candidates answer concurrently, a judge picks with a stated reason).
+
+A pipeline is an async generator of events. The non-streaming response and the SSE stream are two
+renderings of the same event sequence, so both modes run exactly the same steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from serve_app.errors import ServiceError, UpstreamTimeout, to_service_error
+from serve_app.model_client import ModelClient
+from serve_app.orchestration.prompts import critique_messages, judge_messages, revision_messages
+from serve_app.orchestration.verdict import parse_verdict, parse_winner
+from serve_app.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    OrchestrationInfo,
+    OrchestrationStep,
+    StreamOptions,
+    Usage,
+)
+
+# Sampling fields a pipeline step inherits from the client's request.
+INHERITED_FIELDS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+)
+
+
+@dataclass
+class StepStarted:
+    role: str
+    model: str
+    round: int
+
+
+@dataclass
+class StepFinished:
+    step: OrchestrationStep
+
+
+@dataclass
+class FinalDelta:
+    content: str | None
+    reasoning_content: str | None = None
+
+
+Event = StepStarted | StepFinished | FinalDelta
+
+
+class Pipeline:
+    mode = "single"
+
+    def __init__(self, request: ChatCompletionRequest, request_id: str, step_timeout_s: float):
+        self.request = request
+        self.request_id = request_id
+        self.step_timeout_s = step_timeout_s
+        self.steps: list[OrchestrationStep] = []
+        self.started = time.perf_counter()
+        self.stop_reason = "single"
+        self.reason: str | None = None
+        self.final: OrchestrationStep | None = None
+
+    def events(self, stream_final: bool) -> AsyncIterator[Event]:
+        raise NotImplementedError
+
+    def step_request(self, client: ModelClient, messages: list[ChatMessage], stream: bool) -> ChatCompletionRequest:
+        inherited = {name: getattr(self.request, name) for name in INHERITED_FIELDS}
+        return ChatCompletionRequest(
+            model=client.model_id,
+            messages=messages,
+            stream=stream,
+            stream_options=StreamOptions(include_usage=True) if stream else None,
+            **inherited,
+        )
+
+    def _fail(self, exc: BaseException, role: str, model: str, round_: int) -> ServiceError:
+        error = (
+            UpstreamTimeout(f"timed out after {self.step_timeout_s:g}s")
+            if isinstance(exc, TimeoutError)
+            else to_service_error(exc, request_id=self.request_id)
+        )
+        error.message = f"The {role} step (round {round_}, model {model}) failed: {error.message}"
+        return error
+
+    async def run_step(
+        self, role: str, client: ModelClient, messages: list[ChatMessage], round_: int, stream: bool = False
+    ) -> AsyncIterator[Event]:
+        """Yield the step's events; on success the step is appended to `self.steps`."""
+        yield StepStarted(role, client.model_id, round_)
+        sub_id = f"{self.request_id}-{len(self.steps) + 1}"
+        started = time.perf_counter()
+        content, reasoning, finish, usage = "", "", None, Usage()
+        try:
+            async with asyncio.timeout(self.step_timeout_s):
+                if stream:
+                    async for chunk in client.chat_chunks(self.step_request(client, messages, True), sub_id):
+                        usage = chunk.usage or usage
+                        for choice in chunk.choices:
+                            finish = choice.finish_reason or finish
+                            content += choice.delta.content or ""
+                            reasoning += choice.delta.reasoning_content or ""
+                            if choice.delta.content or choice.delta.reasoning_content:
+                                yield FinalDelta(choice.delta.content, choice.delta.reasoning_content)
+                else:
+                    response = await client.chat(self.step_request(client, messages, False), sub_id)
+                    message = response.choices[0].message
+                    content, reasoning = message.content or "", message.reasoning_content or ""
+                    finish, usage = response.choices[0].finish_reason, response.usage
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+            raise self._fail(exc, role, client.model_id, round_) from None
+        step = OrchestrationStep(
+            role=role,
+            model=client.model_id,
+            round=round_,
+            content=content,
+            reasoning_content=reasoning or None,
+            usage=usage,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            finish_reason=finish,
+        )
+        self.steps.append(step)
+        yield StepFinished(step)
+
+    def usage(self) -> Usage:
+        total = Usage()
+        for step in self.steps:
+            total = total + step.usage
+        return total
+
+    def info(self) -> OrchestrationInfo:
+        return OrchestrationInfo(
+            mode=self.mode,
+            models_used=[step.model for step in self.steps],
+            rounds=max((step.round for step in self.steps), default=0),
+            stop_reason=self.stop_reason,  # type: ignore[arg-type]
+            steps=self.steps,
+            total_latency_ms=round((time.perf_counter() - self.started) * 1000, 3),
+            reason=self.reason,
+        )
+
+
+class CritiquePipeline(Pipeline):
+    """Draft, then up to `rounds` of critique + revision, stopping early when the critic approves."""
+
+    mode = "critique"
+
+    def __init__(self, request, request_id, step_timeout_s, generator: ModelClient, critic: ModelClient, rounds: int):
+        super().__init__(request, request_id, step_timeout_s)
+        self.generator, self.critic, self.rounds = generator, critic, rounds
+
+    async def events(self, stream_final: bool) -> AsyncIterator[Event]:
+        task = self.request.messages
+        async for event in self.run_step("generator", self.generator, task, 0):
+            yield event
+        draft = self.steps[-1]
+        for round_ in range(1, self.rounds + 1):
+            async for event in self.run_step("critic", self.critic, critique_messages(task, draft.content), round_):
+                if isinstance(event, StepFinished):
+                    event.step.verdict = parse_verdict(event.step.content)
+                yield event
+            critique = self.steps[-1]
+            if critique.verdict == "approved":
+                self.stop_reason, self.final = "approved", draft
+                if stream_final:
+                    yield FinalDelta(draft.content)
+                return
+            last = round_ == self.rounds
+            messages = revision_messages(task, draft.content, critique.content)
+            async for event in self.run_step("generator", self.generator, messages, round_, last and stream_final):
+                if isinstance(event, FinalDelta) and not last:
+                    continue
+                yield event
+            draft = self.steps[-1]
+        self.stop_reason, self.final = "max_rounds", draft
+
+
+class EnsemblePipeline(Pipeline):
+    """Candidates answer the task concurrently; a judge picks the best and says why."""
+
+    mode = "ensemble"
+
+    def __init__(self, request, request_id, step_timeout_s, candidates: list[ModelClient], judge: ModelClient):
+        super().__init__(request, request_id, step_timeout_s)
+        self.candidates, self.judge = candidates, judge
+
+    async def _collect(self, client: ModelClient) -> list[Event]:
+        return [event async for event in self.run_step("candidate", client, self.request.messages, 1)]
+
+    async def events(self, stream_final: bool) -> AsyncIterator[Event]:
+        for client in self.candidates:
+            yield StepStarted("candidate", client.model_id, 1)
+        results = await asyncio.gather(*(self._collect(c) for c in self.candidates))
+        answers = []
+        for events in results:
+            finished = [e for e in events if isinstance(e, StepFinished)]
+            yield finished[0]
+            answers.append(finished[0].step)
+        # Steps finish in completion order; keep them in candidate order for the response.
+        self.steps.sort(key=lambda s: [c.model_id for c in self.candidates].index(s.model) if s.role == "candidate" else 99)
+        async for event in self.run_step("judge", self.judge, judge_messages(self.request.messages, [a.content for a in answers]), 2):
+            yield event
+        judge_step = self.steps[-1]
+        winner, reason = parse_winner(judge_step.content, len(answers))
+        if winner is None:
+            winner = 0
+            reason = "The judge named no valid winner; the first candidate was kept."
+        judge_step.verdict = f"winner:{answers[winner].model}"
+        self.stop_reason, self.reason, self.final = "judged", reason, answers[winner]
+        if stream_final:
+            yield FinalDelta(answers[winner].content, answers[winner].reasoning_content)

@@ -1,0 +1,77 @@
+"""Render a pipeline's events as one chat.completion, or as an SSE stream of chunks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from serve_app.orchestration.pipeline import FinalDelta, Pipeline, StepFinished, StepStarted
+from serve_app.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    DeltaMessage,
+    now,
+)
+from serve_app.sse import encode_event
+
+
+async def render_response(pipeline: Pipeline, request: ChatCompletionRequest) -> ChatCompletionResponse:
+    async for _ in pipeline.events(stream_final=False):
+        pass
+    final = pipeline.final
+    assert final is not None
+    return ChatCompletionResponse(
+        id=pipeline.request_id,
+        model=request.model,
+        choices=[
+            ChatChoice(
+                index=0,
+                message=AssistantMessage(content=final.content, reasoning_content=final.reasoning_content),
+                finish_reason=final.finish_reason,
+            )
+        ],
+        usage=pipeline.usage(),
+        orchestration=pipeline.info(),
+    )
+
+
+async def render_stream(pipeline: Pipeline, request: ChatCompletionRequest) -> AsyncIterator[str]:
+    """SSE events; errors propagate to the route's stream wrapper, which ends the stream cleanly."""
+    created = now()
+
+    def chunk(**fields: object) -> str:
+        return encode_event(
+            ChatCompletionChunk(id=pipeline.request_id, created=created, model=request.model, **fields)  # type: ignore[arg-type]
+        )
+
+    yield chunk(choices=[ChatChunkChoice(index=0, delta=DeltaMessage(role="assistant", content=""))])
+    async for event in pipeline.events(stream_final=True):
+        if isinstance(event, StepStarted):
+            yield chunk(
+                choices=[],
+                orchestration_event={"type": "step_started", "role": event.role, "model": event.model, "round": event.round},
+            )
+        elif isinstance(event, StepFinished):
+            step = event.step
+            yield chunk(
+                choices=[],
+                orchestration_event={
+                    "type": "step_finished",
+                    "role": step.role,
+                    "model": step.model,
+                    "round": step.round,
+                    "latency_ms": step.latency_ms,
+                    "usage": step.usage.model_dump(),
+                    "verdict": step.verdict,
+                },
+            )
+        elif isinstance(event, FinalDelta):
+            delta = DeltaMessage(content=event.content, reasoning_content=event.reasoning_content)
+            yield chunk(choices=[ChatChunkChoice(index=0, delta=delta)])
+    final = pipeline.final
+    assert final is not None
+    yield chunk(choices=[ChatChunkChoice(index=0, delta=DeltaMessage(), finish_reason=final.finish_reason)])
+    yield chunk(choices=[], usage=pipeline.usage(), orchestration=pipeline.info())

@@ -1,0 +1,140 @@
+"""The OpenAI HTTP surface. Handlers parse, call `InferenceService`, and render; nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServiceError,
+    invalid_request_from,
+    to_service_error,
+)
+from serve_app.http_guard import HttpGuard, KeyPolicy
+from serve_app.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from serve_app.service import InferenceService, LoadResult
+from serve_app.sse import DONE, encode_event
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def request_id(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id", "-")
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    return JSONResponse(error.body().model_dump(), status_code=error.status, headers=error.headers())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(invalid_request_from(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}."))
+        if exc.status_code == 404:
+            return error_response(NotFound(f"No route {request.method} {request.url.path}."))
+        error = InvalidRequest(str(exc.detail))
+        error.status = exc.status_code
+        return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(to_service_error(exc, request_id=request_id(request)))
+
+
+async def stream_response(events: AsyncIterator[str], rid: str) -> StreamingResponse:
+    """Start an SSE response only once the first event exists, so early errors keep their status;
+    later errors become an error event, and every stream ends with [DONE]."""
+    iterator = aiter(events)
+    try:
+        first: str | None = await anext(iterator)
+    except StopAsyncIteration:
+        first = None
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            if first is not None:
+                yield first
+            async for event in iterator:
+                yield event
+        except Exception as exc:
+            yield encode_event(to_service_error(exc, request_id=rid).body())
+        yield DONE
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _load_response(result: LoadResult) -> JSONResponse:
+    return JSONResponse(result.card.model_dump(), status_code=200 if result.done else 202)
+
+
+def build_api(service: InferenceService, policy: KeyPolicy) -> FastAPI:
+    app = FastAPI(
+        title="Inference cluster",
+        description="OpenAI-compatible multi-model inference on Ray Serve and vLLM.",
+        version="0.1.0",
+    )
+    install_error_handlers(app)
+    app.add_middleware(HttpGuard, policy=policy, max_body_bytes=service.args.limits.max_body_bytes)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready")
+    async def ready() -> dict[str, Any]:
+        return {"status": "ready", "models": await service.readiness()}
+
+    @app.get("/v1/models", response_model=ModelList, response_model_exclude_none=True)
+    async def list_models() -> ModelList:
+        return await service.list_models()
+
+    @app.get("/v1/models/{model_id}", response_model=ModelCard, response_model_exclude_none=True)
+    async def get_model(model_id: str) -> ModelCard:
+        return await service.get_model(model_id)
+
+    @app.post("/v1/models/{model_id}/load")
+    async def load(model_id: str, wait: float = Query(300, ge=0, le=3600)) -> JSONResponse:
+        return _load_response(await service.load(model_id, wait))
+
+    @app.post("/v1/models/{model_id}/unload")
+    async def unload(model_id: str, wait: float = Query(120, ge=0, le=3600)) -> JSONResponse:
+        return _load_response(await service.unload(model_id, wait))
+
+    @app.get("/v1/presets/{name}")
+    async def preset(name: str) -> dict[str, Any]:
+        return service.preset_info(name)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, request: Request) -> Response:
+        rid = request_id(request)
+        result = await service.chat(body, rid)
+        if isinstance(result, AsyncIterator):
+            return await stream_response(result, rid)
+        return JSONResponse(result.model_dump(exclude_none=True))
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        rid = request_id(request)
+        result = await service.completion(body, rid)
+        if isinstance(result, AsyncIterator):
+            return await stream_response(result, rid)
+        return JSONResponse(result.model_dump(exclude_none=True))
+
+    return app

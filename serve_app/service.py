@@ -1,0 +1,239 @@
+"""What the ingress does for each route: model state, load/unload, and request dispatch to a single
+model or a pipeline. Route handlers in `routes.py` only parse, call this, and render."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from serve_app.config import AppArgs, Catalog, OrchestrationMode, Preset, Role
+from serve_app.config.fit import ModelFit
+from serve_app.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from serve_app.model_client import HandleModelClient
+from serve_app.orchestration.pipeline import CritiquePipeline, EnsemblePipeline, Pipeline
+from serve_app.orchestration.render import render_response, render_stream
+from serve_app.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+)
+
+STATUS_CACHE_S = 1.0
+POLL_S = 0.5
+
+
+@dataclass
+class LoadResult:
+    card: ModelCard
+    done: bool
+
+
+class InferenceService:
+    def __init__(
+        self,
+        args: AppArgs,
+        catalog: Catalog,
+        preset: Preset,
+        fits: list[ModelFit],
+        clients: dict[str, HandleModelClient],
+        directory: Any,
+    ):
+        self.args = args
+        self.catalog = catalog
+        self.preset = preset
+        self.fits = fits
+        self.clients = clients
+        self.directory = directory
+        self._status: dict[str, dict[str, Any]] = {}
+        self._status_at = 0.0
+
+    # ------------------------------------------------------------------ model state
+
+    async def _statuses(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
+        if fresh or time.monotonic() - self._status_at > STATUS_CACHE_S:
+            self._status = await self.directory.all_status.remote()
+            self._status_at = time.monotonic()
+        return self._status
+
+    def _card(self, model_id: str, status: dict[str, Any]) -> ModelCard:
+        spec = self.catalog.get(model_id)
+        role = self.preset.roles.get(model_id)
+        return ModelCard(
+            id=model_id,
+            status=status.get("state", "loading"),
+            role=role.value if role else None,
+            hf_source=spec.hf_source,
+            max_model_len=spec.max_model_len if self.args.profile == "gpu" else self.args.cpu.max_model_len,
+            replicas=status.get("replicas", {}),
+            error=status.get("error"),
+        )
+
+    def _require_deployed(self, model_id: str, param: str = "model") -> HandleModelClient:
+        client = self.clients.get(model_id)
+        if client is None:
+            known = any(m.id == model_id for m in self.catalog.models)
+            hint = (
+                f"it is in the catalog but not deployed by preset {self.preset.name}"
+                if known
+                else "it is not in the catalog"
+            )
+            raise ModelNotFound(
+                f"The model '{model_id}' does not exist here: {hint}. Deployed: {sorted(self.clients)}.",
+                param=param,
+            )
+        return client
+
+    async def list_models(self) -> ModelList:
+        statuses = await self._statuses()
+        return ModelList(
+            data=[self._card(m, statuses.get(m, {})) for m in self.preset.models],
+            preset=self.preset.name,
+            orchestration_mode=self.preset.orchestration_mode.value,
+        )
+
+    async def get_model(self, model_id: str) -> ModelCard:
+        self._require_deployed(model_id)
+        return self._card(model_id, (await self._statuses()).get(model_id, {}))
+
+    async def _await_state(self, model_id: str, wanted: set[str], timeout_s: float) -> LoadResult:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = (await self._statuses(fresh=True))[model_id]
+            card = self._card(model_id, status)
+            if card.status in wanted:
+                return LoadResult(card, True)
+            if card.status == "failed" and "failed" not in wanted:
+                raise ServiceUnavailable(
+                    f"Model {model_id} failed to load: {card.error or 'see the replica logs'}.",
+                    code="model_load_failed",
+                )
+            if time.monotonic() >= deadline:
+                return LoadResult(card, False)
+            await asyncio.sleep(POLL_S)
+
+    async def load(self, model_id: str, wait_s: float) -> LoadResult:
+        self._require_deployed(model_id)
+        await self.directory.set_desired.remote(model_id, "loaded")
+        return await self._await_state(model_id, {"ready"}, wait_s)
+
+    async def unload(self, model_id: str, wait_s: float) -> LoadResult:
+        self._require_deployed(model_id)
+        await self.directory.set_desired.remote(model_id, "unloaded")
+        return await self._await_state(model_id, {"unloaded"}, wait_s)
+
+    async def readiness(self) -> dict[str, str]:
+        statuses = await self._statuses(fresh=True)
+        states = {m: statuses.get(m, {}).get("state", "loading") for m in self.preset.models}
+        if any(state != "ready" for state in states.values()):
+            raise ServiceUnavailable(f"Not every model is ready: {states}", code="not_ready")
+        return states
+
+    def preset_info(self, name: str) -> dict[str, Any]:
+        if name != self.preset.name:
+            raise InvalidRequest(
+                f"Preset {name!r} is not the one running ({self.preset.name}).", param="preset", code="not_running"
+            )
+        return {
+            **self.preset.model_dump(mode="json"),
+            "profile": self.args.profile,
+            "fit": [
+                {
+                    "model_id": f.model_id,
+                    "budget_gb": round(f.budget_gb, 3),
+                    "weights_gb": f.weights_gb,
+                    "kv_min_gb": round(f.kv_min_gb, 3),
+                    "spare_gb": round(f.spare_gb, 3),
+                }
+                for f in self.fits
+            ],
+        }
+
+    # ------------------------------------------------------------------ requests
+
+    async def _require_ready(self, model_id: str, param: str) -> HandleModelClient:
+        client = self._require_deployed(model_id, param)
+        state = (await self._statuses()).get(model_id, {}).get("state")
+        if state != "ready":
+            raise InvalidRequest(
+                f"Model {model_id} ({param}) is {state or 'unknown'}, not ready.", param=param, code="model_not_ready"
+            )
+        return client
+
+    async def _pipeline(self, request: ChatCompletionRequest, request_id: str) -> Pipeline | None:
+        orchestration = request.orchestration_request()
+        addressed_preset = request.model == self.preset.name
+        mode = orchestration.mode
+        if mode is None:
+            explicit = request.orchestration is not None or addressed_preset
+            mode = self.preset.orchestration_mode.value if explicit else "single"
+        if mode == "single":
+            if addressed_preset:
+                request.model = self.preset.model_with_role(Role.generator) or self.preset.models[0]
+            return None
+        if request.n != 1:
+            raise InvalidRequest("Pipelines produce one answer; n must be 1.", param="n")
+        if request.logprobs:
+            raise InvalidRequest("logprobs are not available for pipelines.", param="logprobs")
+        timeout = self.args.critique_step_timeout_s
+        if mode == OrchestrationMode.critique.value:
+            generator = orchestration.generator or self.preset.model_with_role(Role.generator)
+            critic = orchestration.critic or self.preset.model_with_role(Role.critic)
+            if generator is None or critic is None:
+                raise InvalidRequest(
+                    f"Preset {self.preset.name} has no generator and critic roles; name both in "
+                    "orchestration.generator and orchestration.critic.",
+                    param="orchestration.mode",
+                    code="mode_unavailable",
+                )
+            rounds = orchestration.rounds or self.preset.critique_max_rounds
+            return CritiquePipeline(
+                request,
+                request_id,
+                timeout,
+                await self._require_ready(generator, "orchestration.generator"),
+                await self._require_ready(critic, "orchestration.critic"),
+                rounds,
+            )
+        candidates = orchestration.models or list(self.preset.models)
+        if len(candidates) < 2:
+            raise InvalidRequest(
+                "Ensemble needs at least two candidate models.", param="orchestration.models", code="mode_unavailable"
+            )
+        judge = (
+            orchestration.judge
+            or self.preset.model_with_role(Role.judge)
+            or self.preset.model_with_role(Role.critic)
+            or candidates[0]
+        )
+        return EnsemblePipeline(
+            request,
+            request_id,
+            timeout,
+            [await self._require_ready(m, "orchestration.models") for m in candidates],
+            await self._require_ready(judge, "orchestration.judge"),
+        )
+
+    async def chat(
+        self, request: ChatCompletionRequest, request_id: str
+    ) -> ChatCompletionResponse | AsyncIterator[str]:
+        pipeline = await self._pipeline(request, request_id)
+        if pipeline is not None:
+            if request.stream:
+                return render_stream(pipeline, request)
+            return await render_response(pipeline, request)
+        client = self._require_deployed(request.model)
+        if request.stream:
+            return client.chat_sse(request, request_id)
+        return await client.chat(request, request_id)
+
+    async def completion(self, request: CompletionRequest, request_id: str) -> CompletionResponse | AsyncIterator[str]:
+        client = self._require_deployed(request.model)
+        if request.stream:
+            return client.completion_sse(request, request_id)
+        return await client.completion(request, request_id)

@@ -1,0 +1,175 @@
+"""OpenAI chat completions on top of an `Engine`: templating, sampling, reasoning, usage, chunks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from serve_app.config.app_args import RequestLimits
+from serve_app.errors import InvalidRequest
+from serve_app.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    DeltaMessage,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    now,
+)
+from serve_app.serving.common import build_sampling
+from serve_app.serving.engine_api import Engine, ReasoningSplitter, SampleDelta
+from serve_app.serving.engine_api import TokenLogprob as EngineLogprob
+
+
+@dataclass
+class ChoiceState:
+    """What one choice has produced so far."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    splitter: ReasoningSplitter | None = None
+
+
+def to_wire_logprobs(entries: list[EngineLogprob]) -> list[TokenLogprob]:
+    return [
+        TokenLogprob(
+            token=entry.token,
+            logprob=entry.logprob,
+            bytes=list(entry.token.encode()),
+            top_logprobs=[TopLogprob(token=t, logprob=lp, bytes=list(t.encode())) for t, lp in entry.top],
+        )
+        for entry in entries
+    ]
+
+
+class ChatServing:
+    """Serves chat completions for one model. Runs inside the model's Ray Serve replica."""
+
+    def __init__(self, engine: Engine, model_id: str, limits: RequestLimits, vocab_size: int | None = None):
+        self.engine = engine
+        self.model_id = model_id
+        self.limits = limits
+        self.vocab_size = vocab_size
+
+    def _prepare(self, request: ChatCompletionRequest) -> tuple[list[int], object]:
+        if len(request.messages) > self.limits.max_messages:
+            raise InvalidRequest(
+                f"at most {self.limits.max_messages} messages are allowed", param="messages"
+            )
+        if request.n > self.limits.max_n:
+            raise InvalidRequest(f"n may be at most {self.limits.max_n}", param="n")
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in request.messages
+        ]
+        prompt = self.engine.chat_prompt(messages)
+        logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        sampling = build_sampling(
+            request,
+            prompt_tokens=len(prompt),
+            max_model_len=self.engine.max_model_len,
+            requested_max_tokens=request.output_limit(),
+            logprobs=logprobs,
+            vocab_size=self.vocab_size,
+        )
+        return prompt, sampling
+
+    async def create(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
+        prompt, sampling = self._prepare(request)
+        choices = [ChoiceState() for _ in range(request.n)]
+        prompt_tokens = len(prompt)
+        async for step in self.engine.generate(prompt, sampling, request_id):  # type: ignore[arg-type]
+            prompt_tokens = step.prompt_token_count
+            for sample in step.samples:
+                state = choices[sample.index]
+                state.text += sample.text
+                state.token_ids.extend(sample.token_ids)
+                state.finish_reason = sample.finish_reason or state.finish_reason
+                if sample.logprobs:
+                    state.logprobs.extend(to_wire_logprobs(sample.logprobs))
+        wire_choices = []
+        for index, state in enumerate(choices):
+            splitter = self.engine.reasoning_splitter()
+            reasoning, content = splitter.split(state.text) if splitter else (None, state.text)
+            wire_choices.append(
+                ChatChoice(
+                    index=index,
+                    message=AssistantMessage(content=content, reasoning_content=reasoning),
+                    finish_reason=state.finish_reason,
+                    logprobs=ChatLogprobs(content=state.logprobs) if request.logprobs else None,
+                )
+            )
+        completion_tokens = sum(len(state.token_ids) for state in choices)
+        return ChatCompletionResponse(
+            id=request_id,
+            model=request.model,
+            choices=wire_choices,
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+        )
+
+    async def stream(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[ChatCompletionChunk]:
+        """Yield OpenAI chunks. Validation errors raise before the first chunk is produced."""
+        prompt, sampling = self._prepare(request)
+        return self._stream(request, request_id, prompt, sampling)
+
+    async def _stream(
+        self, request: ChatCompletionRequest, request_id: str, prompt: list[int], sampling: object
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        created = now()
+        choices = [ChoiceState(splitter=self.engine.reasoning_splitter()) for _ in range(request.n)]
+
+        def chunk(choice_list: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
+                id=request_id, created=created, model=request.model, choices=choice_list, usage=usage
+            )
+
+        yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(request.n)])
+        prompt_tokens = len(prompt)
+        async for step in self.engine.generate(prompt, sampling, request_id):  # type: ignore[arg-type]
+            prompt_tokens = step.prompt_token_count
+            out = [self._delta(choices[s.index], s, request.logprobs) for s in step.samples]
+            out = [c for c in out if c is not None]
+            if out:
+                yield chunk(out)
+        if request.include_usage():
+            completion_tokens = sum(len(state.token_ids) for state in choices)
+            yield chunk(
+                [],
+                Usage(
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens,
+                ),
+            )
+
+    @staticmethod
+    def _delta(state: ChoiceState, sample: SampleDelta, with_logprobs: bool) -> ChatChunkChoice | None:
+        previous_text, previous_ids = state.text, list(state.token_ids)
+        state.text += sample.text
+        state.token_ids.extend(sample.token_ids)
+        if state.splitter is not None:
+            reasoning, content = state.splitter.split_delta(
+                previous_text, state.text, sample.text, previous_ids, state.token_ids, list(sample.token_ids)
+            )
+        else:
+            reasoning, content = None, sample.text
+        if not reasoning and not content and sample.finish_reason is None:
+            return None
+        logprobs = ChatLogprobs(content=to_wire_logprobs(sample.logprobs or [])) if with_logprobs else None
+        return ChatChunkChoice(
+            index=sample.index,
+            delta=DeltaMessage(content=content, reasoning_content=reasoning),
+            finish_reason=sample.finish_reason,
+            logprobs=logprobs,
+        )

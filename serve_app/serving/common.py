@@ -1,0 +1,105 @@
+"""Pieces shared by chat and text completion serving: sampling, context limits, stream merging."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+from serve_app.errors import ContextLengthExceeded, InvalidRequest
+from serve_app.protocol import SamplingFields
+from serve_app.serving.engine_api import SamplingSpec
+
+T = TypeVar("T")
+
+# OpenAI's defaults where the request leaves a parameter out.
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
+
+
+def build_sampling(
+    request: SamplingFields,
+    *,
+    prompt_tokens: int,
+    max_model_len: int,
+    requested_max_tokens: int | None,
+    logprobs: int | None,
+    vocab_size: int | None = None,
+) -> SamplingSpec:
+    """Map an OpenAI request onto engine sampling, rejecting what cannot be honoured."""
+    room = max_model_len - prompt_tokens
+    if room < 1:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {max_model_len} tokens; the prompt has "
+            f"{prompt_tokens} tokens and leaves no room for output.",
+            param="messages" if hasattr(request, "messages") else "prompt",
+        )
+    if requested_max_tokens is not None and requested_max_tokens > room:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {max_model_len} tokens. The prompt has "
+            f"{prompt_tokens} tokens and max_tokens asks for {requested_max_tokens}; at most "
+            f"{room} fit.",
+            param="max_tokens",
+        )
+    bias = None
+    if request.logit_bias:
+        bias = {int(token): value for token, value in request.logit_bias.items()}
+        if vocab_size is not None and any(token >= vocab_size for token in bias):
+            raise InvalidRequest(
+                f"logit_bias names a token id outside the vocabulary (size {vocab_size})",
+                param="logit_bias",
+            )
+    return SamplingSpec(
+        max_tokens=requested_max_tokens or room,
+        temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
+        top_p=DEFAULT_TOP_P if request.top_p is None else request.top_p,
+        n=request.n,
+        stop=tuple(request.stop_list()),
+        seed=request.seed,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        logprobs=logprobs,
+        logit_bias=bias,
+    )
+
+
+def check_token_ids(prompt: list[int], vocab_size: int | None) -> None:
+    if vocab_size is not None and any(not 0 <= token < vocab_size for token in prompt):
+        raise InvalidRequest(
+            f"prompt contains token ids outside the vocabulary (size {vocab_size})", param="prompt"
+        )
+
+
+async def merge(iterators: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Interleave several async iterators as items arrive, tagging each with its source index."""
+    if len(iterators) == 1:
+        async for item in iterators[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, T] | tuple[int, BaseException] | None] = asyncio.Queue()
+    done = object()
+
+    async def pump(index: int, iterator: AsyncIterator[T]) -> None:
+        try:
+            async for item in iterator:
+                await queue.put((index, item))
+            await queue.put((index, done))  # type: ignore[arg-type]
+        except BaseException as exc:  # delivered to the consumer, which re-raises
+            await queue.put((index, exc))
+
+    tasks = [asyncio.create_task(pump(i, it)) for i, it in enumerate(iterators)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            entry = await queue.get()
+            assert entry is not None
+            index, item = entry
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,160 @@
+"""OpenAI text completions (`/v1/completions`) on top of an `Engine`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from serve_app.config.app_args import RequestLimits
+from serve_app.errors import InvalidRequest
+from serve_app.protocol import (
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    Usage,
+    now,
+)
+from serve_app.serving.common import build_sampling, check_token_ids, merge
+from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec, TokenLogprob
+
+MAX_PROMPTS = 16
+
+
+@dataclass
+class Prepared:
+    prompts: list[list[int]]
+    sampling: list[SamplingSpec]
+
+
+def completion_logprobs(entries: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+    result = CompletionLogprobs()
+    for entry in entries:
+        result.tokens.append(entry.token)
+        result.token_logprobs.append(entry.logprob)
+        result.top_logprobs.append(dict(entry.top) if entry.top else None)
+        result.text_offset.append(offset)
+        offset += len(entry.token)
+    return result
+
+
+class CompletionServing:
+    def __init__(self, engine: Engine, model_id: str, limits: RequestLimits, vocab_size: int | None = None):
+        self.engine = engine
+        self.model_id = model_id
+        self.limits = limits
+        self.vocab_size = vocab_size
+
+    def _prepare(self, request: CompletionRequest) -> Prepared:
+        raw = request.prompts()
+        if len(raw) > MAX_PROMPTS:
+            raise InvalidRequest(f"at most {MAX_PROMPTS} prompts per request", param="prompt")
+        if request.n > self.limits.max_n:
+            raise InvalidRequest(f"n may be at most {self.limits.max_n}", param="n")
+        prompts: list[list[int]] = []
+        for item in raw:
+            if isinstance(item, str):
+                prompts.append(self.engine.tokenize(item))
+            else:
+                check_token_ids(list(item), self.vocab_size)
+                prompts.append(list(item))
+        sampling = [
+            build_sampling(
+                request,
+                prompt_tokens=len(p),
+                max_model_len=self.engine.max_model_len,
+                requested_max_tokens=request.max_tokens,
+                logprobs=request.logprobs,
+                vocab_size=self.vocab_size,
+            )
+            for p in prompts
+        ]
+        return Prepared(prompts, sampling)
+
+    def _generators(self, prepared: Prepared, request_id: str) -> list[AsyncIterator[EngineStep]]:
+        return [
+            self.engine.generate(prompt, sampling, f"{request_id}-{i}")
+            for i, (prompt, sampling) in enumerate(zip(prepared.prompts, prepared.sampling, strict=True))
+        ]
+
+    async def create(self, request: CompletionRequest, request_id: str) -> CompletionResponse:
+        prepared = self._prepare(request)
+        n = request.n
+        texts = [""] * (len(prepared.prompts) * n)
+        finish: list[str | None] = [None] * len(texts)
+        logprobs: list[list[TokenLogprob]] = [[] for _ in texts]
+        completion_tokens = 0
+        prompt_tokens = {i: len(p) for i, p in enumerate(prepared.prompts)}
+        async for prompt_index, step in merge(self._generators(prepared, request_id)):
+            prompt_tokens[prompt_index] = step.prompt_token_count
+            for sample in step.samples:
+                slot = prompt_index * n + sample.index
+                texts[slot] += sample.text
+                finish[slot] = sample.finish_reason or finish[slot]
+                logprobs[slot].extend(sample.logprobs or [])
+                completion_tokens += len(sample.token_ids)
+        choices = [
+            CompletionChoice(
+                index=i,
+                text=texts[i],
+                finish_reason=finish[i],
+                logprobs=completion_logprobs(logprobs[i], 0) if request.logprobs is not None else None,
+            )
+            for i in range(len(texts))
+        ]
+        total_prompt = sum(prompt_tokens.values())
+        return CompletionResponse(
+            id=request_id,
+            model=request.model,
+            choices=choices,
+            usage=Usage(
+                prompt_tokens=total_prompt,
+                completion_tokens=completion_tokens,
+                total_tokens=total_prompt + completion_tokens,
+            ),
+        )
+
+    async def stream(self, request: CompletionRequest, request_id: str) -> AsyncIterator[CompletionChunk]:
+        prepared = self._prepare(request)
+        return self._stream(request, request_id, prepared)
+
+    async def _stream(
+        self, request: CompletionRequest, request_id: str, prepared: Prepared
+    ) -> AsyncIterator[CompletionChunk]:
+        created = now()
+        n = request.n
+        offsets = [0] * (len(prepared.prompts) * n)
+        completion_tokens = 0
+        prompt_tokens = {i: len(p) for i, p in enumerate(prepared.prompts)}
+        async for prompt_index, step in merge(self._generators(prepared, request_id)):
+            prompt_tokens[prompt_index] = step.prompt_token_count
+            choices = []
+            for sample in step.samples:
+                slot = prompt_index * n + sample.index
+                completion_tokens += len(sample.token_ids)
+                logprobs = None
+                if request.logprobs is not None:
+                    logprobs = completion_logprobs(sample.logprobs or [], offsets[slot])
+                offsets[slot] += len(sample.text)
+                if sample.text or sample.finish_reason:
+                    choices.append(
+                        CompletionChoice(
+                            index=slot, text=sample.text, finish_reason=sample.finish_reason, logprobs=logprobs
+                        )
+                    )
+            if choices:
+                yield CompletionChunk(id=request_id, created=created, model=request.model, choices=choices)
+        if request.include_usage():
+            total_prompt = sum(prompt_tokens.values())
+            yield CompletionChunk(
+                id=request_id,
+                created=created,
+                model=request.model,
+                choices=[],
+                usage=Usage(
+                    prompt_tokens=total_prompt,
+                    completion_tokens=completion_tokens,
+                    total_tokens=total_prompt + completion_tokens,
+                ),
+            )

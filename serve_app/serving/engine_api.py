@@ -1,0 +1,97 @@
+"""The small interface between the OpenAI serving logic and an inference engine.
+
+The serving classes only see these types, so they are tested with a fake engine and no Ray or vLLM.
+`deployments/vllm_engine.py` is the real implementation over vLLM's v1 AsyncLLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Engine-neutral sampling parameters; the vLLM adapter maps them onto SamplingParams."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    logit_bias: dict[int, float] | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class SampleDelta:
+    """New output of one sample (choice) since the previous step."""
+
+    index: int
+    text: str
+    token_ids: Sequence[int]
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class EngineStep:
+    prompt_token_count: int
+    samples: list[SampleDelta] = field(default_factory=list)
+    finished: bool = False
+
+
+class ReasoningSplitter(Protocol):
+    """Separates `<think>`-style reasoning from the answer, in whole or streamed text."""
+
+    def split(self, text: str) -> tuple[str | None, str | None]: ...
+
+    def split_delta(
+        self,
+        previous_text: str,
+        current_text: str,
+        delta_text: str,
+        previous_ids: Sequence[int],
+        current_ids: Sequence[int],
+        delta_ids: Sequence[int],
+    ) -> tuple[str | None, str | None]: ...
+
+
+class Engine(Protocol):
+    """What a model replica needs from its engine. Construction has no side effects; `start` does."""
+
+    max_model_len: int
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    async def check_health(self) -> None:
+        """Raise when the engine can no longer serve (its process died)."""
+
+    def is_running(self) -> bool: ...
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """Render messages with the model's chat template and tokenize them."""
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def reasoning_splitter(self) -> ReasoningSplitter | None:
+        """A fresh splitter for one choice, or None for models without reasoning output."""
+
+    def generate(
+        self, prompt_token_ids: list[int], sampling: SamplingSpec, request_id: str
+    ) -> AsyncIterator[EngineStep]: ...
+
+    async def abort(self, request_id: str) -> None: ...

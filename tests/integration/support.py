@@ -1,0 +1,276 @@
+"""Configuration, availability probes, model helpers and request builders for the integration suite.
+
+Everything here speaks HTTP to a running service (INFERENCE_BASE_URL) and, for the gateway tests, to
+an OpenAI-compatible gateway (LLM_GATEWAY_URL). Nothing is imported from the service's own code.
+
+An unreachable service skips the suite, unless INFERENCE_REQUIRE_SERVICE=1 (as in CI), which turns
+that into a failure; INFERENCE_REQUIRE_GATEWAY=1 does the same for the gateway. A model that is simply
+not part of the running deployment always skips.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+BASE_URL = (
+    os.environ.get("INFERENCE_BASE_URL") or os.environ.get("INFERENCE_SERVICE_URL") or "http://localhost:8085"
+).rstrip("/")
+API_KEY = os.environ.get("INFERENCE_API_KEY", "")
+TEST_TIMEOUT = float(os.environ.get("INFERENCE_TEST_TIMEOUT", "120"))
+STREAM_TIMEOUT = float(os.environ.get("STREAM_TEST_TIMEOUT", "180"))
+MODEL_LOAD_TIMEOUT = float(os.environ.get("MODEL_LOAD_TIMEOUT", "300"))
+GATEWAY_URL = os.environ.get("LLM_GATEWAY_URL", "http://localhost:8080").rstrip("/")
+GATEWAY_API_KEY = os.environ.get("LLM_GATEWAY_API_KEY", "sk-gateway-test")
+PRESET = os.environ.get("INFERENCE_DEFAULT_PRESET", "D4")
+REQUIRE_SERVICE = _env_flag("INFERENCE_REQUIRE_SERVICE")
+REQUIRE_GATEWAY = _env_flag("INFERENCE_REQUIRE_GATEWAY")
+TEST_MODEL = os.environ.get("INFERENCE_TEST_MODEL", "")
+
+# The catalog's model ids and the D4 preset (see integration-tests.md).
+CATALOG_MODELS = [
+    "deepseek-r1-7b",
+    "qwen2.5-7b",
+    "phi-4",
+    "llama-3.2-3b",
+    "phi-3-medium-128k",
+    "granite-8b-code-128k",
+]
+REASONING_MODELS = {"deepseek-r1-7b"}
+D4_GENERATOR = "qwen2.5-7b"
+D4_CRITIC = "deepseek-r1-7b"
+D4_MODELS = [D4_CRITIC, D4_GENERATOR]
+MODEL_STATES = {"loading", "ready", "unloading", "unloaded", "failed"}
+FINISH_REASONS = {"stop", "length", "abort", "error"}
+# Default model preference when a test just needs "some" model: fast, non-reasoning models first.
+_PREFERRED = ["llama-3.2-3b", "qwen2.5-7b", "phi-4", "granite-8b-code-128k", "phi-3-medium-128k"]
+
+
+def auth_headers(key: str = API_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def http_timeout(seconds: float = TEST_TIMEOUT) -> httpx.Timeout:
+    return httpx.Timeout(seconds, connect=min(10.0, seconds))
+
+
+# ---------------------------------------------------------------- availability probes (sync, cached)
+
+_probe_cache: dict[str, str | None] = {}
+
+
+def _probe(url: str, paths: list[tuple[str, dict[str, str]]]) -> str | None:
+    """Return None when one of `paths` answers 200, else a reason string. Cached per URL."""
+    if url in _probe_cache:
+        return _probe_cache[url]
+    reason: str | None = "no probe path answered"
+    try:
+        with httpx.Client(base_url=url, timeout=httpx.Timeout(10.0, connect=5.0)) as http:
+            for path, headers in paths:
+                response = http.get(path, headers=headers)
+                if response.status_code == 200:
+                    reason = None
+                    break
+                reason = f"GET {path} answered {response.status_code}"
+    except httpx.HTTPError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    _probe_cache[url] = reason
+    return reason
+
+
+def ensure_service() -> None:
+    reason = _probe(BASE_URL, [("/health", {})])
+    if reason is None:
+        return
+    message = f"Inference service not available at {BASE_URL} ({reason})"
+    if REQUIRE_SERVICE:
+        pytest.fail(message + " and INFERENCE_REQUIRE_SERVICE=1", pytrace=False)
+    pytest.skip(message)
+
+
+def ensure_gateway() -> None:
+    reason = _probe(GATEWAY_URL, [("/health/liveliness", {}), ("/v1/models", auth_headers(GATEWAY_API_KEY))])
+    if reason is None:
+        return
+    message = f"LLM Gateway not available at {GATEWAY_URL} ({reason})"
+    if REQUIRE_GATEWAY:
+        pytest.fail(message + " and INFERENCE_REQUIRE_GATEWAY=1", pytrace=False)
+    pytest.skip(message)
+
+
+def fetch_models() -> dict[str, Any]:
+    """GET /v1/models, fresh (model states change during a run)."""
+    ensure_service()
+    with httpx.Client(base_url=BASE_URL, headers=auth_headers(), timeout=http_timeout()) as http:
+        response = http.get("/v1/models")
+    assert response.status_code == 200, f"GET /v1/models -> {response.status_code}: {response.text[:500]}"
+    body = response.json()
+    assert body.get("object") == "list" and isinstance(body.get("data"), list), body
+    return body
+
+
+def ensure_model_ready(model_id: str) -> dict[str, Any]:
+    """POST /v1/models/{id}/load (idempotent) and wait until the card says ready."""
+    deadline = time.monotonic() + MODEL_LOAD_TIMEOUT
+    with httpx.Client(
+        base_url=BASE_URL, headers=auth_headers(), timeout=http_timeout(MODEL_LOAD_TIMEOUT)
+    ) as http:
+        response = http.post(f"/v1/models/{model_id}/load")
+        if response.status_code == 200 and response.json().get("status") == "ready":
+            return response.json()
+        last = f"load -> {response.status_code}: {response.text[:300]}"
+        while time.monotonic() < deadline:
+            card_response = http.get(f"/v1/models/{model_id}")
+            if card_response.status_code == 200:
+                card = card_response.json()
+                if card.get("status") == "ready":
+                    return card
+                if card.get("status") == "failed":
+                    pytest.fail(f"model {model_id} failed to load: {card.get('error')}", pytrace=False)
+                last = f"status {card.get('status')}"
+            time.sleep(2.0)
+    pytest.fail(f"model {model_id} not ready within {MODEL_LOAD_TIMEOUT:.0f}s ({last})", pytrace=False)
+
+
+def require_model_card(model_id: str, *, ready: bool = True) -> dict[str, Any]:
+    cards = {card["id"]: card for card in fetch_models()["data"]}
+    if model_id not in cards:
+        pytest.skip(f"Model {model_id} not available in this deployment")
+    card = cards[model_id]
+    if ready and card.get("status") != "ready":
+        card = ensure_model_ready(model_id)
+    return card
+
+
+_default_model: list[str] = []
+
+
+def default_model() -> str:
+    """The model used by tests that need any one model; INFERENCE_TEST_MODEL overrides."""
+    if _default_model:
+        return _default_model[0]
+    cards = fetch_models()["data"]
+    ready = [c["id"] for c in cards if c.get("status") == "ready"]
+    if TEST_MODEL:
+        require_model_card(TEST_MODEL)
+        choice = TEST_MODEL
+    elif not ready:
+        pytest.skip("No models loaded in inference service")
+    else:
+        by_role = [c["id"] for c in cards if c["id"] in ready and c.get("role") in ("generator", "general")]
+        preferred = [m for m in _PREFERRED if m in ready]
+        choice = (preferred or by_role or ready)[0]
+    _default_model.append(choice)
+    return choice
+
+
+# ---------------------------------------------------------------- request builders
+
+
+class ChatRequestFactory:
+    """Builds chat-completion payloads; `model` defaults to one ready model of the deployment."""
+
+    @staticmethod
+    def _base(messages: list[dict[str, Any]], model: str | None, max_tokens: int, **extra: Any) -> dict:
+        payload: dict[str, Any] = {
+            "model": model or default_model(),
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": extra.pop("temperature", 0.7),
+        }
+        payload.update({k: v for k, v in extra.items() if v is not None})
+        return payload
+
+    @classmethod
+    def simple(
+        cls,
+        message: str = "Hello, respond briefly",
+        model: str | None = None,
+        max_tokens: int = 16,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        return cls._base([{"role": "user", "content": message}], model, max_tokens, **extra)
+
+    @classmethod
+    def with_system(
+        cls,
+        message: str = "Name three colours.",
+        system: str = "You are a concise assistant.",
+        model: str | None = None,
+        max_tokens: int = 16,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": message}]
+        return cls._base(messages, model, max_tokens, **extra)
+
+    @classmethod
+    def streaming(
+        cls,
+        message: str = "Count from one to five.",
+        model: str | None = None,
+        max_tokens: int = 16,
+        include_usage: bool = True,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        payload = cls.simple(message, model, max_tokens, stream=True, **extra)
+        if include_usage:
+            payload["stream_options"] = {"include_usage": True}
+        return payload
+
+    @classmethod
+    def orchestrated(
+        cls,
+        message: str = "Write a Python function that adds two numbers.",
+        mode: str = "critique",
+        model: str | None = None,
+        max_tokens: int = 16,
+        rounds: int | None = 1,
+        generator: str | None = None,
+        critic: str | None = None,
+        models: list[str] | None = None,
+        judge: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        orchestration = {
+            "mode": mode,
+            "rounds": rounds if mode == "critique" else None,
+            "generator": generator,
+            "critic": critic,
+            "models": models,
+            "judge": judge,
+        }
+        payload = cls._base([{"role": "user", "content": message}], model or PRESET, max_tokens, **extra)
+        payload["orchestration"] = {k: v for k, v in orchestration.items() if v is not None}
+        return payload
+
+    @classmethod
+    def code_task(
+        cls,
+        task: str = "reverse a string",
+        language: str = "python",
+        model: str | None = None,
+        max_tokens: int = 32,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        messages = [
+            {"role": "system", "content": f"You are an expert {language} programmer. Reply with code only."},
+            {"role": "user", "content": f"Write a {language} function to {task}."},
+        ]
+        return cls._base(messages, model, max_tokens, **extra)
+
+
+def answer_text(data: dict[str, Any], allow_reasoning: bool = False) -> str:
+    message = data["choices"][0]["message"]
+    text = message.get("content") or ""
+    if allow_reasoning and not text:
+        text = message.get("reasoning_content") or ""
+    return text
