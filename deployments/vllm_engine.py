@@ -20,6 +20,7 @@ logger = logging.getLogger("ray.serve")
 # A prompt long enough that the first forward pass takes the same kernels as ordinary traffic;
 # see README "The short-prompt SIGILL" for why the engine is warmed up before it serves.
 WARMUP_PROMPT_TOKENS = 64
+AMX_EXTENSION = "deployments.amx_permission.AmxPermissionExtension"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class EngineConfig:
     reasoning_parser: str | None = None
     enforce_eager: bool = False
     seed: int = 0
+    cpu: bool = False
 
 
 class VllmReasoningSplitter:
@@ -85,6 +87,7 @@ class VLLMEngine:
             enforce_eager=self.config.enforce_eager,
             seed=self.config.seed,
             disable_log_stats=False,
+            worker_extension_cls=AMX_EXTENSION if self.config.cpu else "",
         )
         self._engine = AsyncLLM.from_engine_args(args)
         self._tokenizer = self._engine.get_tokenizer()
@@ -96,8 +99,8 @@ class VLLMEngine:
         await self._warm_up()
 
     async def _warm_up(self) -> None:
-        # Run one ordinary-length prompt before any client request, so that no client request is
-        # ever the engine's first forward pass (the short-prompt SIGILL in the README).
+        # Defence in depth behind AmxPermissionExtension: a first batch of more than 4 tokens makes
+        # torch's brgemm request AMX itself, so no client request is the engine's first forward pass.
         prompt = (self.tokenize("warm up the engine " * 64))[:WARMUP_PROMPT_TOKENS]
         async for _ in self.generate(prompt, SamplingSpec(max_tokens=4, temperature=0.0), "warmup"):
             pass

@@ -35,6 +35,7 @@ def engine_config(spec: ModelSpec, args: AppArgs) -> EngineConfig:
             gpu_memory_utilization=CPU_GPU_MEMORY_UTILIZATION,
             reasoning_parser=spec.reasoning_parser,
             enforce_eager=True,
+            cpu=True,
         )
     return EngineConfig(
         model_path=spec.hf_source,

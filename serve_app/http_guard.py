@@ -75,15 +75,15 @@ class HttpGuard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        request_id = headers.get(REQUEST_ID_HEADER) or f"req-{uuid.uuid4().hex}"
-        request_id = request_id[:128]
+        # Ray Serve's proxy puts its request id (the client's x-request-id if it sent one) in the
+        # scope and on the response itself; only outside Ray does this middleware have to add it.
+        inbound = headers.get(REQUEST_ID_HEADER)
+        request_id = (inbound or f"req-{uuid.uuid4().hex}")[:128]
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [h for h in message["headers"] if h[0].lower() != b"x-request-id"]
-                message["headers"].append((b"x-request-id", request_id.encode()))
+            if message["type"] == "http.response.start" and inbound is None:
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:

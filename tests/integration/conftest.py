@@ -11,11 +11,11 @@ import pytest
 from .support import (
     API_KEY,
     BASE_URL,
+    D4_MODELS,
     GATEWAY_API_KEY,
     GATEWAY_URL,
     STREAM_TIMEOUT,
     TEST_TIMEOUT,
-    D4_MODELS,
     ChatRequestFactory,
     answer_text,
     auth_headers,

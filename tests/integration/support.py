@@ -26,6 +26,8 @@ BASE_URL = (
     os.environ.get("INFERENCE_BASE_URL") or os.environ.get("INFERENCE_SERVICE_URL") or "http://localhost:8085"
 ).rstrip("/")
 API_KEY = os.environ.get("INFERENCE_API_KEY", "")
+# Optional: deployments with admin keys require them for /v1/models/{id}/load and /unload.
+ADMIN_KEY = os.environ.get("INFERENCE_ADMIN_KEY", "")
 TEST_TIMEOUT = float(os.environ.get("INFERENCE_TEST_TIMEOUT", "120"))
 STREAM_TIMEOUT = float(os.environ.get("STREAM_TEST_TIMEOUT", "180"))
 MODEL_LOAD_TIMEOUT = float(os.environ.get("MODEL_LOAD_TIMEOUT", "300"))
@@ -59,6 +61,10 @@ def auth_headers(key: str = API_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+def admin_headers() -> dict[str, str]:
+    return auth_headers(ADMIN_KEY or API_KEY)
+
+
 def http_timeout(seconds: float = TEST_TIMEOUT) -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=min(10.0, seconds))
 
@@ -68,7 +74,7 @@ def http_timeout(seconds: float = TEST_TIMEOUT) -> httpx.Timeout:
 _probe_cache: dict[str, str | None] = {}
 
 
-def _probe(url: str, paths: list[tuple[str, dict[str, str]]]) -> str | None:
+def probe(url: str, paths: list[tuple[str, dict[str, str]]]) -> str | None:
     """Return None when one of `paths` answers 200, else a reason string. Cached per URL."""
     if url in _probe_cache:
         return _probe_cache[url]
@@ -88,7 +94,7 @@ def _probe(url: str, paths: list[tuple[str, dict[str, str]]]) -> str | None:
 
 
 def ensure_service() -> None:
-    reason = _probe(BASE_URL, [("/health", {})])
+    reason = probe(BASE_URL, [("/health", {})])
     if reason is None:
         return
     message = f"Inference service not available at {BASE_URL} ({reason})"
@@ -98,7 +104,7 @@ def ensure_service() -> None:
 
 
 def ensure_gateway() -> None:
-    reason = _probe(GATEWAY_URL, [("/health/liveliness", {}), ("/v1/models", auth_headers(GATEWAY_API_KEY))])
+    reason = probe(GATEWAY_URL, [("/health/liveliness", {}), ("/v1/models", auth_headers(GATEWAY_API_KEY))])
     if reason is None:
         return
     message = f"LLM Gateway not available at {GATEWAY_URL} ({reason})"
@@ -124,7 +130,7 @@ def ensure_model_ready(model_id: str) -> dict[str, Any]:
     with httpx.Client(
         base_url=BASE_URL, headers=auth_headers(), timeout=http_timeout(MODEL_LOAD_TIMEOUT)
     ) as http:
-        response = http.post(f"/v1/models/{model_id}/load")
+        response = http.post(f"/v1/models/{model_id}/load", headers=admin_headers())
         if response.status_code == 200 and response.json().get("status") == "ready":
             return response.json()
         last = f"load -> {response.status_code}: {response.text[:300]}"

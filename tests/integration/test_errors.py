@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 import httpx
 import pytest
 
-from .support import API_KEY
+from .support import API_KEY, admin_headers
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_model]
 
@@ -43,7 +44,9 @@ def _names_field(error: dict[str, Any], field: str) -> bool:
     return top == field or (len(field) > 2 and field in error["message"])
 
 
-@pytest.mark.parametrize(("change", "status", "field"), [c[1:] for c in CHAT_CASES], ids=[c[0] for c in CHAT_CASES])
+@pytest.mark.parametrize(
+    ("change", "status", "field"), [c[1:] for c in CHAT_CASES], ids=[c[0] for c in CHAT_CASES]
+)
 async def test_invalid_chat_request(
     client: httpx.AsyncClient,
     model_id: str,
@@ -71,7 +74,9 @@ async def test_invalid_chat_request(
 
 async def test_malformed_json(client: httpx.AsyncClient, response_validator: Any) -> None:
     response = await client.post(
-        "/v1/chat/completions", content=b'{"model": "x", "messages": [', headers={"content-type": "application/json"}
+        "/v1/chat/completions",
+        content=b'{"model": "x", "messages": [',
+        headers={"content-type": "application/json"},
     )
     error = response_validator.validate_error(response, 400)
     assert error["type"] == "invalid_request_error", error
@@ -90,20 +95,35 @@ async def test_invalid_text_completion(
     assert _names_field(error, field), error
 
 
+async def test_oversized_body_is_413(
+    client: httpx.AsyncClient, model_id: str, response_validator: Any
+) -> None:
+    """Bodies above the service's limit (1 MB by default; INFERENCE_MAX_BODY_BYTES if raised) get 413."""
+    size = int(os.environ.get("INFERENCE_MAX_BODY_BYTES", "1000000")) + 1024
+    payload = {"model": model_id, "messages": [{"role": "user", "content": "x" * size}], "max_tokens": 4}
+    response = await client.post("/v1/chat/completions", json=payload)
+    error = response_validator.validate_error(response, 413)
+    assert error["type"] == "invalid_request_error", error
+
+
 async def test_unknown_model_card_is_404(client: httpx.AsyncClient, response_validator: Any) -> None:
     for response in (
         await client.get("/v1/models/no-such-model"),
-        await client.post("/v1/models/no-such-model/load"),
+        await client.post("/v1/models/no-such-model/load", headers=admin_headers()),
     ):
         error = response_validator.validate_error(response, 404)
         assert error["code"] == "model_not_found", error
 
 
-async def test_wrong_api_key_is_401(client: httpx.AsyncClient, model_id: str, response_validator: Any) -> None:
+async def test_wrong_api_key_is_401(
+    client: httpx.AsyncClient, model_id: str, response_validator: Any
+) -> None:
     if not API_KEY:
         pytest.skip("INFERENCE_API_KEY not set: cannot tell a secured deployment from an open one")
     payload = {"model": model_id, "messages": MESSAGES, "max_tokens": 4}
-    wrong = await client.post("/v1/chat/completions", json=payload, headers={"Authorization": "Bearer wrong-key"})
+    wrong = await client.post(
+        "/v1/chat/completions", json=payload, headers={"Authorization": "Bearer wrong-key"}
+    )
     response_validator.validate_error(wrong, 401)
     async with httpx.AsyncClient(base_url=str(client.base_url), timeout=30) as anonymous:
         missing = await anonymous.post("/v1/chat/completions", json=payload)
@@ -116,6 +136,8 @@ async def test_service_still_answers_after_errors(
     client: httpx.AsyncClient, chat_request_factory: Any, response_validator: Any
 ) -> None:
     """Runs after the error cases above (file order): the service is unharmed."""
-    response = await client.post("/v1/chat/completions", json=chat_request_factory.simple(max_tokens=8, seed=1))
+    response = await client.post(
+        "/v1/chat/completions", json=chat_request_factory.simple(max_tokens=8, seed=1)
+    )
     assert response.status_code == 200, response.text
     response_validator.validate_completion(response.json(), max_tokens=8)

@@ -59,7 +59,9 @@ def _classify_stream(raw: str) -> tuple[str, str]:
     if any(isinstance(e, dict) and "error" in e for e in events):
         return "stream_error", raw[-300:]
     chunks = [e for e in events if isinstance(e, dict)]
-    finishes = [ch.get("finish_reason") for c in chunks for ch in c.get("choices", []) if ch.get("finish_reason")]
+    finishes = [
+        ch.get("finish_reason") for c in chunks for ch in c.get("choices", []) if ch.get("finish_reason")
+    ]
     if len(finishes) != 1 or finishes[0] not in ("stop", "length"):
         return "incomplete", f"finish reasons {finishes}"
     usage = chunks[-1].get("usage") or {}
@@ -73,7 +75,9 @@ def _classify_rejection(status: int, headers: httpx.Headers, raw: str) -> tuple[
         error = json.loads(raw)
     except ValueError:
         error = None
-    if not (isinstance(error, dict) and isinstance(error.get("error"), dict) and error["error"].get("message")):
+    if not (
+        isinstance(error, dict) and isinstance(error.get("error"), dict) and error["error"].get("message")
+    ):
         return "unclean_shed", f"{status} body {raw[:200]!r}"
     if not _valid_retry_after(headers.get("retry-after")):
         return "unclean_shed", f"{status} without a valid Retry-After"
@@ -99,7 +103,8 @@ async def _one(http: httpx.AsyncClient, payload: dict[str, Any]) -> tuple[str, s
 @pytest.mark.slow
 async def test_burst_of_64_streams_sheds_cleanly(skip_if_no_models: None, chat_request_factory: Any) -> None:
     payloads = [
-        chat_request_factory.streaming(f"Burst {i}: tell me something.", max_tokens=8, seed=i) for i in range(BURST)
+        chat_request_factory.streaming(f"Burst {i}: tell me something.", max_tokens=8, seed=i)
+        for i in range(BURST)
     ]
     limits = httpx.Limits(max_connections=BURST * 2, max_keepalive_connections=BURST * 2)
     started = time.monotonic()
@@ -118,5 +123,7 @@ async def test_burst_of_64_streams_sheds_cleanly(skip_if_no_models: None, chat_r
 
     # The service recovers once the burst has drained.
     async with httpx.AsyncClient(base_url=BASE_URL, headers=auth_headers(), timeout=http_timeout()) as http:
-        after = await http.post("/v1/chat/completions", json=chat_request_factory.simple(max_tokens=4, seed=1))
+        after = await http.post(
+            "/v1/chat/completions", json=chat_request_factory.simple(max_tokens=4, seed=1)
+        )
     assert after.status_code == 200, after.text[:300]

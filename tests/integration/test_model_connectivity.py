@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .support import BASE_URL, CATALOG_MODELS, MODEL_STATES, PRESET, REASONING_MODELS
+from .support import BASE_URL, CATALOG_MODELS, MODEL_STATES, PRESET, REASONING_MODELS, admin_headers
 
 pytestmark = [pytest.mark.integration]
 
@@ -36,8 +36,10 @@ class TestDeploymentSummary:
             for c in cards
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        print(f"\nDeployment {BASE_URL}: preset={body.get('preset')} (expected {PRESET}), "
-              f"orchestration_mode={body.get('orchestration_mode')}, /health/ready={ready.status_code}")
+        print(
+            f"\nDeployment {BASE_URL}: preset={body.get('preset')} (expected {PRESET}), "
+            f"orchestration_mode={body.get('orchestration_mode')}, /health/ready={ready.status_code}"
+        )
         for row in rows:
             print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
@@ -73,7 +75,7 @@ async def test_model_hello(
     """GET /v1/models lists it, POST load makes sure it is up, then it answers with text and usage."""
     card = require_model(model)  # skips when the deployment does not serve this model
     assert card["status"] == "ready", card
-    loaded = await client.post(f"/v1/models/{model}/load")
+    loaded = await client.post(f"/v1/models/{model}/load", headers=admin_headers())
     assert loaded.status_code == 200 and loaded.json()["status"] == "ready", loaded.text
 
     request = chat_request_factory.simple("Hello, respond briefly", model=model, max_tokens=16, seed=21)

@@ -45,7 +45,11 @@ async def test_explicit_single_mode(
 @pytest.mark.slow
 @pytest.mark.parametrize("model", D4_MODELS)
 async def test_critique_defaults_to_preset_roles(
-    client: httpx.AsyncClient, d4_deployed: None, chat_request_factory: Any, response_validator: Any, model: str
+    client: httpx.AsyncClient,
+    d4_deployed: None,
+    chat_request_factory: Any,
+    response_validator: Any,
+    model: str,
 ) -> None:
     """Whichever preset model the request names, the preset's generator drafts and its critic critiques."""
     payload = chat_request_factory.orchestrated(PROMPT, mode="critique", model=model, rounds=1, seed=3)
@@ -73,19 +77,6 @@ async def test_ensemble_with_judge(
     assert isinstance(data["choices"][0]["message"]["content"], str)
 
 
-@pytest.mark.slow
-async def test_ensemble_same_model_twice(
-    client: httpx.AsyncClient, d4_deployed: None, chat_request_factory: Any, response_validator: Any
-) -> None:
-    """Two candidates from one model (different samples), judged by the other."""
-    payload = chat_request_factory.orchestrated(
-        PROMPT, mode="ensemble", model="D4", models=[D4_GENERATOR, D4_GENERATOR], judge=D4_CRITIC, max_tokens=8
-    )
-    data = await _post(client, payload)
-    orch = response_validator.validate_orchestration(data, mode="ensemble")
-    assert orch["models_used"] == [D4_GENERATOR, D4_GENERATOR, D4_CRITIC], orch["models_used"]
-
-
 @pytest.mark.parametrize(
     ("orchestration", "status"),
     [
@@ -96,10 +87,21 @@ async def test_ensemble_same_model_twice(
         ({"mode": "critique", "generator": "no-such-model"}, None),
         ("critique", 400),
     ],
-    ids=["one-candidate", "five-candidates", "unknown-candidate", "unknown-judge", "unknown-generator", "not-an-object"],
+    ids=[
+        "one-candidate",
+        "five-candidates",
+        "unknown-candidate",
+        "unknown-judge",
+        "unknown-generator",
+        "not-an-object",
+    ],
 )
 async def test_invalid_orchestration(
-    client: httpx.AsyncClient, d4_deployed: None, response_validator: Any, orchestration: Any, status: int | None
+    client: httpx.AsyncClient,
+    d4_deployed: None,
+    response_validator: Any,
+    orchestration: Any,
+    status: int | None,
 ) -> None:
     payload = {"model": "D4", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4}
     payload["orchestration"] = orchestration

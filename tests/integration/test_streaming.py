@@ -34,9 +34,9 @@ async def test_stream_chunks_end_with_done(
     assert chunks[0]["choices"][0]["delta"].get("role") == "assistant", chunks[0]
 
     content_chunks = [c for c in chunks if c["choices"]]
-    finishes = [ch["finish_reason"] for c in content_chunks for ch in c["choices"] if ch["finish_reason"]]
+    finishes = [ch["finish_reason"] for c in content_chunks for ch in c["choices"] if ch.get("finish_reason")]
     assert len(finishes) == 1, f"exactly one finish_reason expected: {finishes}"
-    assert content_chunks[-1]["choices"][0]["finish_reason"] == finishes[0]
+    assert content_chunks[-1]["choices"][0].get("finish_reason") == finishes[0]
 
     usage_chunk = chunks[-1]
     assert usage_chunk["choices"] == [], "with include_usage the last chunk has empty choices"
@@ -69,7 +69,9 @@ async def test_stream_matches_non_stream_greedy(
         client, "/v1/chat/completions", {**payload, "stream": True, "stream_options": {"include_usage": True}}
     )
     assert streamed.status == 200 and streamed.done
-    assert sse_parser.extract_content(streamed.chunks) == (plain.json()["choices"][0]["message"]["content"] or "")
+    assert sse_parser.extract_content(streamed.chunks) == (
+        plain.json()["choices"][0]["message"]["content"] or ""
+    )
     plain_usage, stream_usage = plain.json()["usage"], streamed.chunks[-1]["usage"]
     assert plain_usage == stream_usage, (plain_usage, stream_usage)
 
@@ -85,7 +87,7 @@ async def test_stream_n2(client: httpx.AsyncClient, chat_request_factory: Any, s
             ch["finish_reason"]
             for c in result.chunks
             for ch in c["choices"]
-            if ch["index"] == index and ch["finish_reason"]
+            if ch["index"] == index and ch.get("finish_reason")
         ]
         assert len(finishes) == 1, (index, finishes)
 

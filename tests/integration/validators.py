@@ -81,9 +81,7 @@ class ResponseValidator:
             roles = [s["role"] for s in steps]
             assert set(roles) <= {"generator", "critic"}, roles
             assert roles[0] == "generator", roles
-            assert all(a != b for a, b in itertools.pairwise(roles)), (
-                f"roles must alternate: {roles}"
-            )
+            assert all(a != b for a, b in itertools.pairwise(roles)), f"roles must alternate: {roles}"
             if orch["stop_reason"] == "approved":
                 assert len(steps) >= 2 and roles[-1] == "critic", roles
             elif orch["stop_reason"] == "max_rounds":

@@ -1,0 +1,147 @@
+"""The service behind an OpenAI-compatible gateway (LiteLLM proxy at LLM_GATEWAY_URL, bearer
+LLM_GATEWAY_API_KEY). The gateway exposes the service's model ids (e.g. qwen2.5-7b, deepseek-r1-7b).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from .support import BASE_URL, CATALOG_MODELS, D4_MODELS, REASONING_MODELS, auth_headers, fetch_models, probe
+
+pytestmark = [pytest.mark.integration, pytest.mark.requires_gateway]
+
+
+@pytest.fixture
+async def gateway_model_ids(gateway_client: httpx.AsyncClient) -> list[str]:
+    response = await gateway_client.get("/v1/models")
+    assert response.status_code == 200, f"{response.status_code}: {response.text[:300]}"
+    return [m["id"] for m in response.json()["data"]]
+
+
+@pytest.fixture
+def gateway_model(gateway_model_ids: list[str]) -> str:
+    """A catalog model the gateway routes, non-reasoning first."""
+    preferred = [m for m in CATALOG_MODELS if m not in REASONING_MODELS] + sorted(REASONING_MODELS)
+    for model in preferred:
+        if model in gateway_model_ids:
+            return model
+    pytest.fail(f"gateway lists none of the service's model ids: {gateway_model_ids}")
+
+
+async def test_gateway_lists_service_models(gateway_client: httpx.AsyncClient) -> None:
+    response = await gateway_client.get("/v1/models")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body.get("object") == "list" and isinstance(body.get("data"), list), body
+    ids = [m["id"] for m in body["data"]]
+    assert all(m.get("object") == "model" for m in body["data"]), body["data"]
+    assert set(ids) & set(CATALOG_MODELS), f"gateway lists none of the catalog ids: {ids}"
+    if probe(BASE_URL, [("/health", {})]) is None:  # service reachable from here as well
+        served = {c["id"] for c in fetch_models()["data"]}
+        assert served & set(ids), f"gateway {ids} and service {sorted(served)} share no model id"
+
+
+@pytest.mark.requires_model
+@pytest.mark.parametrize("model", D4_MODELS)
+async def test_gateway_chat_completion(
+    gateway_client: httpx.AsyncClient, gateway_model_ids: list[str], response_validator: Any, model: str
+) -> None:
+    if model not in gateway_model_ids:
+        pytest.skip(f"Model {model} not available in this deployment (gateway lists {gateway_model_ids})")
+    payload = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Hello, respond briefly"}],
+        "max_tokens": 12,
+        "temperature": 0.7,
+        "seed": 31,
+    }
+    response = await gateway_client.post("/v1/chat/completions", json=payload)
+    assert response.status_code == 200, f"{response.status_code}: {response.text[:500]}"
+    data = response_validator.validate_completion(response.json(), max_tokens=12)
+    assert data["usage"]["total_tokens"] > 0
+
+
+@pytest.mark.requires_model
+async def test_gateway_streaming(
+    gateway_client: httpx.AsyncClient, gateway_model: str, response_validator: Any, sse_parser: Any
+) -> None:
+    payload = {
+        "model": gateway_model,
+        "messages": [{"role": "user", "content": "Count from one to five."}],
+        "max_tokens": 12,
+        "temperature": 0.7,
+        "seed": 32,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    result = await sse_parser.request(gateway_client, "/v1/chat/completions", payload)
+    assert result.status == 200, result.raw[:500]
+    assert result.headers["content-type"].startswith("text/event-stream")
+    assert result.raw.rstrip("\r\n").endswith("data: [DONE]"), result.raw[-200:]
+    assert result.done and result.chunks
+    for chunk in result.chunks:
+        response_validator.validate_streaming_chunk(chunk)
+    assert isinstance(sse_parser.extract_content(result.chunks), str)
+    finishes = [ch["finish_reason"] for c in result.chunks for ch in c["choices"] if ch.get("finish_reason")]
+    assert finishes and finishes[-1] in ("stop", "length"), finishes
+    usages = [c["usage"] for c in result.chunks if c.get("usage")]
+    assert usages, "stream_options.include_usage must yield a usage chunk through the gateway"
+    response_validator.validate_usage(usages[-1], max_tokens=12)
+
+
+async def test_gateway_unknown_model_is_4xx(gateway_client: httpx.AsyncClient) -> None:
+    payload = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    response = await gateway_client.post("/v1/chat/completions", json=payload)
+    assert 400 <= response.status_code < 500, f"{response.status_code}: {response.text[:300]}"
+    error = response.json().get("error")
+    assert isinstance(error, dict) and error.get("message"), response.text[:300]
+
+
+@pytest.mark.requires_model
+async def test_gateway_passes_validation_errors(
+    gateway_client: httpx.AsyncClient, gateway_model: str
+) -> None:
+    payload = {
+        "model": gateway_model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "temperature": 5.0,
+    }
+    response = await gateway_client.post("/v1/chat/completions", json=payload)
+    assert 400 <= response.status_code < 500, f"{response.status_code}: {response.text[:300]}"
+    assert isinstance(response.json().get("error"), dict), response.text[:300]
+
+
+async def test_gateway_rejects_wrong_key(gateway_client: httpx.AsyncClient) -> None:
+    """A wrong key is refused. LiteLLM answers 401 normally, but 400 "No connected db" when it runs
+    without a database (then only the master key is checked), so both count as a refusal."""
+    for headers in (auth_headers("sk-definitely-wrong"), {"Authorization": ""}):
+        response = await gateway_client.get("/v1/models", headers=headers)
+        assert response.status_code in (400, 401, 403), f"{response.status_code}: {response.text[:300]}"
+        assert isinstance(response.json().get("error"), dict), response.text[:300]
+
+
+@pytest.mark.requires_model
+@pytest.mark.slow
+async def test_gateway_critique_on_preset(
+    gateway_client: httpx.AsyncClient, gateway_model_ids: list[str], response_validator: Any
+) -> None:
+    """The preset name routes like a model; the orchestration extension rides along in the body."""
+    if "D4" not in gateway_model_ids:
+        pytest.skip(f"Model D4 not available in this deployment (gateway lists {gateway_model_ids})")
+    payload = {
+        "model": "D4",
+        "messages": [{"role": "user", "content": "Write a function that adds two numbers."}],
+        "max_tokens": 12,
+        "temperature": 0.7,
+        "seed": 33,
+        "orchestration": {"mode": "critique", "rounds": 1},
+    }
+    response = await gateway_client.post("/v1/chat/completions", json=payload)
+    assert response.status_code == 200, f"{response.status_code}: {response.text[:500]}"
+    data = response_validator.validate_completion(response.json())
+    if data.get("orchestration") is not None:  # LiteLLM may or may not keep extension fields
+        response_validator.validate_orchestration(data, mode="critique", expected_models=D4_MODELS)
