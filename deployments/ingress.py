@@ -10,6 +10,7 @@ from ray import serve
 from serve_app.config import AppArgs, Catalog, Preset
 from serve_app.config.fit import ModelFit
 from serve_app.http_guard import KeyPolicy
+from serve_app.metrics import RayRequestMetrics
 from serve_app.model_client import HandleModelClient
 from serve_app.routes import build_api
 from serve_app.service import InferenceService
@@ -30,8 +31,9 @@ class Ingress:
         directory: Any,
     ):
         clients = {model_id: HandleModelClient(model_id, h) for model_id, h in model_handles.items()}
-        self.service = InferenceService(args, catalog, preset, fits, clients, directory)
+        self.metrics = RayRequestMetrics()
+        self.service = InferenceService(args, catalog, preset, fits, clients, directory, self.metrics)
         self.policy = KeyPolicy.from_env_values(os.environ.get(API_KEY_ENV), os.environ.get(ADMIN_KEY_ENV))
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_api(self.service, self.policy)
+        return build_api(self.service, self.policy, self.metrics)

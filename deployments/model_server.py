@@ -13,11 +13,11 @@ from ray.serve.handle import DeploymentHandle
 from deployments.vllm_engine import EngineConfig, VLLMEngine
 from serve_app.config.app_args import RequestLimits
 from serve_app.errors import ModelNotLoaded, ServiceUnavailable
+from serve_app.metrics import RayEngineMetrics
 from serve_app.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    CompletionChunk,
     CompletionRequest,
     CompletionResponse,
     ModelState,
@@ -49,6 +49,7 @@ class ModelServer:
         self.state: ModelState = "unloaded"
         self.error: str | None = None
         self.inflight = 0
+        self.metrics = RayEngineMetrics()
         self._transition = asyncio.Lock()
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         desired = await self._report()
@@ -78,8 +79,10 @@ class ModelServer:
                 await self.engine.shutdown()
                 return
             vocab = self.engine.vocab_size
-            self.chat_serving = ChatServing(self.engine, self.model_id, self.limits, vocab)
-            self.completion_serving = CompletionServing(self.engine, self.model_id, self.limits, vocab)
+            self.chat_serving = ChatServing(self.engine, self.model_id, self.limits, vocab, self.metrics)
+            self.completion_serving = CompletionServing(
+                self.engine, self.model_id, self.limits, vocab, self.metrics
+            )
             self.state = "ready"
             logger.info("engine of %s ready on replica %s", self.model_id, self.replica_id)
 
@@ -128,11 +131,15 @@ class ModelServer:
             raise ModelNotLoaded(
                 f"Model {self.model_id} is unloaded; load it with POST /v1/models/{self.model_id}/load."
             )
-        raise ServiceUnavailable(f"Model {self.model_id} is {self.state}; retry shortly.", code="model_loading")
+        raise ServiceUnavailable(
+            f"Model {self.model_id} is {self.state}; retry shortly.", code="model_loading"
+        )
 
     # ------------------------------------------------------------------ requests
 
-    async def chat_completion(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
+    async def chat_completion(
+        self, request: ChatCompletionRequest, request_id: str
+    ) -> ChatCompletionResponse:
         self._admit()
         self.inflight += 1
         try:

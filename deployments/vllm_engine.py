@@ -176,10 +176,16 @@ class VLLMEngine:
             ) from None
         except EngineGenerateError:
             logger.exception("engine of %s failed request %s", self.config.served_model_id, request_id)
-            raise ServiceUnavailable("The engine failed this request; retry it.", code="engine_error") from None
+            raise ServiceUnavailable(
+                "The engine failed this request; retry it.", code="engine_error"
+            ) from None
         except ValueError as exc:
             # vLLM's input checks (e.g. prompt too long) raise ValueError before any output.
             raise InvalidRequest(f"The engine rejected the request: {exc}") from None
+
+    async def abort(self, request_id: str) -> None:
+        if self._engine is not None:
+            await self._engine.abort(request_id)
 
     def _sample(self, output: Any, top_k: int) -> SampleDelta:
         logprobs = None
@@ -198,7 +204,9 @@ class VLLMEngine:
 
     def _token_logprob(self, token_id: int, entry: dict[int, Any], top_k: int) -> TokenLogprob:
         def decoded(tid: int, logprob: Any) -> str:
-            return logprob.decoded_token if logprob.decoded_token is not None else self._tokenizer.decode([tid])
+            return (
+                logprob.decoded_token if logprob.decoded_token is not None else self._tokenizer.decode([tid])
+            )
 
         chosen = entry[token_id]
         # vLLM returns the top-k by rank plus the sampled token when it ranks below k.

@@ -127,9 +127,13 @@ def invalid_request_from(errors: Sequence[Any]) -> InvalidRequest:
         return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
     param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
     if kind == "extra_forbidden":
-        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
+        return InvalidRequest(
+            f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter"
+        )
     if kind == "missing":
-        return InvalidRequest(f"Missing required parameter: {param}", param=param, code="missing_required_parameter")
+        return InvalidRequest(
+            f"Missing required parameter: {param}", param=param, code="missing_required_parameter"
+        )
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return InvalidRequest(f"{param}: {message}" if param else message, param=param)
 
@@ -150,9 +154,9 @@ def to_service_error(exc: BaseException, *, request_id: str = "-") -> ServiceErr
         return error
     if isinstance(exc, serve_exceptions.DeploymentUnavailableError):
         return ServiceUnavailable("The model deployment is unavailable.", code="deployment_unavailable")
-    if isinstance(exc, ray_exceptions.RayTaskError) and isinstance(exc.cause, BaseException):
-        if exc.cause is not exc:
-            return to_service_error(exc.cause, request_id=request_id)
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ray_exceptions.RayTaskError) and isinstance(cause, BaseException) and cause is not exc:
+        return to_service_error(cause, request_id=request_id)
     if isinstance(exc, ray_exceptions.RayActorError | serve_exceptions.ReplicaUnavailableError):
         return ServiceUnavailable(
             "The model replica died while serving this request; Ray is replacing it. Retry shortly.",

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 from serve_app.errors import PayloadTooLarge, ServiceError, Unauthorized
+from serve_app.metrics import NoMetrics, RequestMetrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,18 +59,43 @@ def check_key(path: str, authorization: str | None, policy: KeyPolicy) -> None:
         return
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise Unauthorized(
-            "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
-        )
+        raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
     if not _matches(token.strip(), required):
-        raise Unauthorized("Incorrect API key provided." + (" This route needs the admin key." if admin_route and policy.admin_keys else ""))
+        raise Unauthorized(
+            "Incorrect API key provided."
+            + (" This route needs the admin key." if admin_route and policy.admin_keys else "")
+        )
+
+
+def note_error(scope: Scope, error: ServiceError) -> None:
+    """Remember the error code for the request's metrics row."""
+    scope.setdefault("state", {})["error_code"] = error.code or error.type
+
+
+def note_model(scope: Scope, model: str) -> None:
+    scope.setdefault("state", {})["model"] = model
+
+
+def route_label(path: str) -> str:
+    # Bounded label values: model ids in paths are folded into a template.
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{id}" + (
+            "/" + path.rsplit("/", 1)[1] if path.endswith(("/load", "/unload")) else ""
+        )
+    return path if path in KNOWN_ROUTES else "other"
+
+
+KNOWN_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/health/ready"}
 
 
 class HttpGuard:
-    def __init__(self, app: ASGIApp, policy: KeyPolicy, max_body_bytes: int):
+    def __init__(
+        self, app: ASGIApp, policy: KeyPolicy, max_body_bytes: int, metrics: RequestMetrics | None = None
+    ):
         self.app = app
         self.policy = policy
         self.max_body_bytes = max_body_bytes
+        self.metrics = metrics or NoMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,10 +108,18 @@ class HttpGuard:
         request_id = (inbound or f"req-{uuid.uuid4().hex}")[:128]
         scope.setdefault("state", {})["request_id"] = request_id
 
+        started = time.perf_counter()
+        status = 0
+
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start" and inbound is None:
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if inbound is None:
+                    message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._record(scope, status, time.perf_counter() - started)
 
         try:
             check_key(scope["path"], headers.get("authorization"), self.policy)
@@ -92,9 +127,19 @@ class HttpGuard:
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 raise PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
         except ServiceError as error:
+            note_error(scope, error)
             await send_error(send_with_id, error)
             return
         await self.app(scope, receive, send_with_id)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        state = scope.get("state", {})
+        model = state.get("model", "none")
+        self.metrics.request_finished(model, route_label(scope["path"]), status, seconds)
+        if status >= 400:
+            self.metrics.error(model, status, state.get("error_code", "unknown"))
+        elif "stream_error" in state:
+            self.metrics.error(model, 200, state["stream_error"])
 
 
 async def send_error(send: Send, error: ServiceError) -> None:

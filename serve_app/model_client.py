@@ -22,7 +22,9 @@ class ModelClient(Protocol):
 
     async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse: ...
 
-    def chat_chunks(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[ChatCompletionChunk]: ...
+    def chat_chunks(
+        self, request: ChatCompletionRequest, request_id: str
+    ) -> AsyncIterator[ChatCompletionChunk]: ...
 
 
 class HandleModelClient:
@@ -36,7 +38,9 @@ class HandleModelClient:
     async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
         return await self.handle.chat_completion.remote(request, request_id)
 
-    def chat_chunks(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[ChatCompletionChunk]:
+    def chat_chunks(
+        self, request: ChatCompletionRequest, request_id: str
+    ) -> AsyncIterator[ChatCompletionChunk]:
         return self._stream.chat_completion_stream.remote(request, request_id, encoded=False)
 
     def chat_sse(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]:

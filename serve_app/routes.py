@@ -18,7 +18,8 @@ from serve_app.errors import (
     invalid_request_from,
     to_service_error,
 )
-from serve_app.http_guard import HttpGuard, KeyPolicy
+from serve_app.http_guard import HttpGuard, KeyPolicy, note_error, note_model
+from serve_app.metrics import RequestMetrics
 from serve_app.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from serve_app.service import InferenceService, LoadResult
 from serve_app.sse import DONE, encode_event
@@ -30,37 +31,42 @@ def request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id", "-")
 
 
-def error_response(error: ServiceError) -> JSONResponse:
+def error_response(error: ServiceError, request: Request | None = None) -> JSONResponse:
+    if request is not None:
+        note_error(request.scope, error)
     return JSONResponse(error.body().model_dump(), status_code=error.status, headers=error.headers())
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc)
+        return error_response(exc, request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(invalid_request_from(exc.errors()))
+        return error_response(invalid_request_from(exc.errors()), request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 405:
-            return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}."))
+            return error_response(
+                MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}."), request
+            )
         if exc.status_code == 404:
-            return error_response(NotFound(f"No route {request.method} {request.url.path}."))
+            return error_response(NotFound(f"No route {request.method} {request.url.path}."), request)
         error = InvalidRequest(str(exc.detail))
         error.status = exc.status_code
-        return error_response(error)
+        return error_response(error, request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(to_service_error(exc, request_id=request_id(request)))
+        return error_response(to_service_error(exc, request_id=request_id(request)), request)
 
 
-async def stream_response(events: AsyncIterator[str], rid: str) -> StreamingResponse:
+async def stream_response(events: AsyncIterator[str], request: Request) -> StreamingResponse:
     """Start an SSE response only once the first event exists, so early errors keep their status;
     later errors become an error event, and every stream ends with [DONE]."""
+    rid = request_id(request)
     iterator = aiter(events)
     try:
         first: str | None = await anext(iterator)
@@ -74,7 +80,9 @@ async def stream_response(events: AsyncIterator[str], rid: str) -> StreamingResp
             async for event in iterator:
                 yield event
         except Exception as exc:
-            yield encode_event(to_service_error(exc, request_id=rid).body())
+            error = to_service_error(exc, request_id=rid)
+            request.scope.setdefault("state", {})["stream_error"] = error.code or error.type
+            yield encode_event(error.body())
         yield DONE
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
@@ -84,14 +92,16 @@ def _load_response(result: LoadResult) -> JSONResponse:
     return JSONResponse(result.card.model_dump(), status_code=200 if result.done else 202)
 
 
-def build_api(service: InferenceService, policy: KeyPolicy) -> FastAPI:
+def build_api(service: InferenceService, policy: KeyPolicy, metrics: RequestMetrics | None = None) -> FastAPI:
     app = FastAPI(
         title="Inference cluster",
         description="OpenAI-compatible multi-model inference on Ray Serve and vLLM.",
         version="0.1.0",
     )
     install_error_handlers(app)
-    app.add_middleware(HttpGuard, policy=policy, max_body_bytes=service.args.limits.max_body_bytes)
+    app.add_middleware(
+        HttpGuard, policy=policy, max_body_bytes=service.args.limits.max_body_bytes, metrics=metrics
+    )
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -123,18 +133,18 @@ def build_api(service: InferenceService, policy: KeyPolicy) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
-        rid = request_id(request)
-        result = await service.chat(body, rid)
+        note_model(request.scope, body.model)
+        result = await service.chat(body, request_id(request))
         if isinstance(result, AsyncIterator):
-            return await stream_response(result, rid)
+            return await stream_response(result, request)
         return JSONResponse(result.model_dump(exclude_none=True))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        rid = request_id(request)
-        result = await service.completion(body, rid)
+        note_model(request.scope, body.model)
+        result = await service.completion(body, request_id(request))
         if isinstance(result, AsyncIterator):
-            return await stream_response(result, rid)
+            return await stream_response(result, request)
         return JSONResponse(result.model_dump(exclude_none=True))
 
     return app

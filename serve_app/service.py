@@ -12,6 +12,7 @@ from typing import Any
 from serve_app.config import AppArgs, Catalog, OrchestrationMode, Preset, Role
 from serve_app.config.fit import ModelFit
 from serve_app.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from serve_app.metrics import NoMetrics, RequestMetrics
 from serve_app.model_client import HandleModelClient
 from serve_app.orchestration.pipeline import CritiquePipeline, EnsemblePipeline, Pipeline
 from serve_app.orchestration.render import render_response, render_stream
@@ -43,6 +44,7 @@ class InferenceService:
         fits: list[ModelFit],
         clients: dict[str, HandleModelClient],
         directory: Any,
+        metrics: RequestMetrics | None = None,
     ):
         self.args = args
         self.catalog = catalog
@@ -50,6 +52,7 @@ class InferenceService:
         self.fits = fits
         self.clients = clients
         self.directory = directory
+        self.metrics = metrics or NoMetrics()
         self._status: dict[str, dict[str, Any]] = {}
         self._status_at = 0.0
 
@@ -137,7 +140,9 @@ class InferenceService:
     def preset_info(self, name: str) -> dict[str, Any]:
         if name != self.preset.name:
             raise InvalidRequest(
-                f"Preset {name!r} is not the one running ({self.preset.name}).", param="preset", code="not_running"
+                f"Preset {name!r} is not the one running ({self.preset.name}).",
+                param="preset",
+                code="not_running",
             )
         return {
             **self.preset.model_dump(mode="json"),
@@ -161,7 +166,9 @@ class InferenceService:
         state = (await self._statuses()).get(model_id, {}).get("state")
         if state != "ready":
             raise InvalidRequest(
-                f"Model {model_id} ({param}) is {state or 'unknown'}, not ready.", param=param, code="model_not_ready"
+                f"Model {model_id} ({param}) is {state or 'unknown'}, not ready.",
+                param=param,
+                code="model_not_ready",
             )
         return client
 
@@ -203,7 +210,9 @@ class InferenceService:
         candidates = orchestration.models or list(self.preset.models)
         if len(candidates) < 2:
             raise InvalidRequest(
-                "Ensemble needs at least two candidate models.", param="orchestration.models", code="mode_unavailable"
+                "Ensemble needs at least two candidate models.",
+                param="orchestration.models",
+                code="mode_unavailable",
             )
         judge = (
             orchestration.judge
@@ -225,14 +234,16 @@ class InferenceService:
         pipeline = await self._pipeline(request, request_id)
         if pipeline is not None:
             if request.stream:
-                return render_stream(pipeline, request)
-            return await render_response(pipeline, request)
+                return render_stream(pipeline, request, self.metrics)
+            return await render_response(pipeline, request, self.metrics)
         client = self._require_deployed(request.model)
         if request.stream:
             return client.chat_sse(request, request_id)
         return await client.chat(request, request_id)
 
-    async def completion(self, request: CompletionRequest, request_id: str) -> CompletionResponse | AsyncIterator[str]:
+    async def completion(
+        self, request: CompletionRequest, request_id: str
+    ) -> CompletionResponse | AsyncIterator[str]:
         client = self._require_deployed(request.model)
         if request.stream:
             return client.completion_sse(request, request_id)

@@ -31,6 +31,7 @@ TIMEOUT="${LLM_GATEWAY_START_TIMEOUT:-120}"
 PYTHON="${GATEWAY_PYTHON:-python3}"
 LOG="$RUN_DIR/gateway.log"
 PID_FILE="$RUN_DIR/gateway.pid"
+URL_FILE="$RUN_DIR/gateway.url" # the health URL of the running gateway
 INSTALL_LOG="$RUN_DIR/gateway-install.log"
 
 case "$HOST" in 0.0.0.0 | "::" | "") PROBE_HOST=127.0.0.1 ;; *) PROBE_HOST="$HOST" ;; esac
@@ -74,36 +75,44 @@ with socket.socket() as s:
     sys.exit(0 if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else 1)
 EOF
 }
-fail() { # message [pid to stop]
+fail() { # message [pid to stop: only one this run started]
   echo "gateway: $1" >&2
-  if [[ -n "${2:-}" ]] && is_ours "$2"; then kill "$2" 2>/dev/null || true; fi
-  rm -f "$PID_FILE"
+  if [[ -n "${2:-}" ]] && is_ours "$2"; then
+    kill "$2" 2>/dev/null || true
+    rm -f "$PID_FILE" "$URL_FILE"
+  fi
   echo "---- last lines of $LOG ----" >&2
   tail -n 40 "$LOG" >&2 || true
   exit 1
 }
-wait_ready() { # pid
-  local start=$SECONDS
+wait_ready() { # pid [stop it on failure: yes|no]
+  local start=$SECONDS stop_pid=""
+  [[ "${2:-yes}" == yes ]] && stop_pid="$1"
   while ((SECONDS - start < TIMEOUT)); do
-    is_ours "$1" || fail "the gateway (pid $1) exited before answering"
+    is_ours "$1" || { rm -f "$PID_FILE" "$URL_FILE"; fail "the gateway (pid $1) exited before answering"; }
     if healthy; then
       echo "gateway: ready at http://$PROBE_HOST:$PORT (pid $1) after $((SECONDS - start)) s; log $LOG"
       return 0
     fi
     sleep 0.5
   done
-  fail "no answer from $HEALTH_URL within ${TIMEOUT} s" "$1"
+  fail "no answer from $HEALTH_URL within ${TIMEOUT} s" "$stop_pid"
 }
 
 # ------------------------------------------------------------------ already running?
 if [[ -f "$PID_FILE" ]]; then
   old_pid="$(cat "$PID_FILE")"
   if is_ours "$old_pid"; then
+    old_url="$(cat "$URL_FILE" 2>/dev/null || true)"
+    if [[ "$old_url" != "$HEALTH_URL" ]]; then
+      echo "gateway: already running (pid $old_pid, ${old_url:-unknown address}); run stop.sh first" >&2
+      exit 1
+    fi
     echo "gateway: already running (pid $old_pid)"
-    wait_ready "$old_pid"
+    wait_ready "$old_pid" no
     exit 0
   fi
-  rm -f "$PID_FILE"
+  rm -f "$PID_FILE" "$URL_FILE"
 fi
 if port_taken; then
   echo "gateway: $PROBE_HOST:$PORT is already in use by another process; set LLM_GATEWAY_PORT" >&2
@@ -136,5 +145,6 @@ nohup "${LAUNCH[@]}" "$VENV/bin/litellm" --config "$CONFIG" --host "$HOST" --por
   >"$LOG" 2>&1 </dev/null &
 pid=$!
 echo "$pid" >"$PID_FILE"
+echo "$HEALTH_URL" >"$URL_FILE"
 echo "gateway: started pid $pid -> upstream $INFERENCE_GATEWAY_UPSTREAM"
 wait_ready "$pid"

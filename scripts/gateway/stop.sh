@@ -16,7 +16,7 @@ pid="$(cat "$PID_FILE")"
 is_ours() { kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q litellm; }
 if ! is_ours; then
   echo "gateway: pid $pid is not running (stale pid file removed)"
-  rm -f "$PID_FILE"
+  rm -f "$PID_FILE" "$RUN_DIR/gateway.url"
   exit 0
 fi
 
@@ -33,5 +33,5 @@ if is_ours; then
   echo "gateway: pid $pid still alive after ${TIMEOUT} s; sending SIGKILL"
   kill -KILL -- "$target" 2>/dev/null || true
 fi
-rm -f "$PID_FILE"
+rm -f "$PID_FILE" "$RUN_DIR/gateway.url"
 echo "gateway: stopped (pid $pid)"

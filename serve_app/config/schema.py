@@ -6,7 +6,7 @@ ignored setting on a GPU node an hour later.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,14 +16,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     generator = "generator"
     critic = "critic"
     judge = "judge"
     general = "general"
 
 
-class OrchestrationMode(str, Enum):
+class OrchestrationMode(StrEnum):
     single = "single"
     critique = "critique"
     ensemble = "ensemble"
@@ -85,7 +85,6 @@ class ServingOptions(Strict):
         60, ge=0, description="How long a stopping replica lets in-flight streams finish."
     )
 
-
     def deployment_options(self) -> dict[str, object]:
         """Keyword arguments for `serve.deployment(...).options()`."""
         scaling = self.autoscaling
@@ -100,7 +99,10 @@ class ServingOptions(Strict):
                 "upscale_delay_s": scaling.upscale_delay_s,
                 "downscale_delay_s": scaling.downscale_delay_s,
             },
-            "backpressure_config": {"status_code": self.backpressure_status, "retry_after_s": self.retry_after_s},
+            "backpressure_config": {
+                "status_code": self.backpressure_status,
+                "retry_after_s": self.retry_after_s,
+            },
             "health_check_period_s": self.health_check_period_s,
             "health_check_timeout_s": self.health_check_timeout_s,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,

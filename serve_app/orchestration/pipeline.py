@@ -75,7 +75,9 @@ class Pipeline:
     def events(self, stream_final: bool) -> AsyncIterator[Event]:
         raise NotImplementedError
 
-    def step_request(self, client: ModelClient, messages: list[ChatMessage], stream: bool) -> ChatCompletionRequest:
+    def step_request(
+        self, client: ModelClient, messages: list[ChatMessage], stream: bool
+    ) -> ChatCompletionRequest:
         inherited = {name: getattr(self.request, name) for name in INHERITED_FIELDS}
         return ChatCompletionRequest(
             model=client.model_id,
@@ -158,7 +160,9 @@ class CritiquePipeline(Pipeline):
 
     mode = "critique"
 
-    def __init__(self, request, request_id, step_timeout_s, generator: ModelClient, critic: ModelClient, rounds: int):
+    def __init__(
+        self, request, request_id, step_timeout_s, generator: ModelClient, critic: ModelClient, rounds: int
+    ):
         super().__init__(request, request_id, step_timeout_s)
         self.generator, self.critic, self.rounds = generator, critic, rounds
 
@@ -168,7 +172,9 @@ class CritiquePipeline(Pipeline):
             yield event
         draft = self.steps[-1]
         for round_ in range(1, self.rounds + 1):
-            async for event in self.run_step("critic", self.critic, critique_messages(task, draft.content), round_):
+            async for event in self.run_step(
+                "critic", self.critic, critique_messages(task, draft.content), round_
+            ):
                 if isinstance(event, StepFinished):
                     event.step.verdict = parse_verdict(event.step.content)
                 yield event
@@ -180,7 +186,9 @@ class CritiquePipeline(Pipeline):
                 return
             last = round_ == self.rounds
             messages = revision_messages(task, draft.content, critique.content)
-            async for event in self.run_step("generator", self.generator, messages, round_, last and stream_final):
+            async for event in self.run_step(
+                "generator", self.generator, messages, round_, last and stream_final
+            ):
                 if isinstance(event, FinalDelta) and not last:
                     continue
                 yield event
@@ -193,7 +201,9 @@ class EnsemblePipeline(Pipeline):
 
     mode = "ensemble"
 
-    def __init__(self, request, request_id, step_timeout_s, candidates: list[ModelClient], judge: ModelClient):
+    def __init__(
+        self, request, request_id, step_timeout_s, candidates: list[ModelClient], judge: ModelClient
+    ):
         super().__init__(request, request_id, step_timeout_s)
         self.candidates, self.judge = candidates, judge
 
@@ -210,8 +220,14 @@ class EnsemblePipeline(Pipeline):
             yield finished[0]
             answers.append(finished[0].step)
         # Steps finish in completion order; keep them in candidate order for the response.
-        self.steps.sort(key=lambda s: [c.model_id for c in self.candidates].index(s.model) if s.role == "candidate" else 99)
-        async for event in self.run_step("judge", self.judge, judge_messages(self.request.messages, [a.content for a in answers]), 2):
+        self.steps.sort(
+            key=lambda s: (
+                [c.model_id for c in self.candidates].index(s.model) if s.role == "candidate" else 99
+            )
+        )
+        async for event in self.run_step(
+            "judge", self.judge, judge_messages(self.request.messages, [a.content for a in answers]), 2
+        ):
             yield event
         judge_step = self.steps[-1]
         winner, reason = parse_winner(judge_step.content, len(answers))

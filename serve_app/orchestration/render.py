@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from serve_app.metrics import RequestMetrics
 from serve_app.orchestration.pipeline import FinalDelta, Pipeline, StepFinished, StepStarted
 from serve_app.protocol import (
     AssistantMessage,
@@ -18,9 +19,17 @@ from serve_app.protocol import (
 from serve_app.sse import encode_event
 
 
-async def render_response(pipeline: Pipeline, request: ChatCompletionRequest) -> ChatCompletionResponse:
+def record(pipeline: Pipeline, metrics: RequestMetrics) -> None:
+    info = pipeline.info()
+    metrics.pipeline_finished(info.mode, info.rounds, [(s.role, s.model) for s in info.steps])
+
+
+async def render_response(
+    pipeline: Pipeline, request: ChatCompletionRequest, metrics: RequestMetrics
+) -> ChatCompletionResponse:
     async for _ in pipeline.events(stream_final=False):
         pass
+    record(pipeline, metrics)
     final = pipeline.final
     assert final is not None
     return ChatCompletionResponse(
@@ -38,7 +47,9 @@ async def render_response(pipeline: Pipeline, request: ChatCompletionRequest) ->
     )
 
 
-async def render_stream(pipeline: Pipeline, request: ChatCompletionRequest) -> AsyncIterator[str]:
+async def render_stream(
+    pipeline: Pipeline, request: ChatCompletionRequest, metrics: RequestMetrics
+) -> AsyncIterator[str]:
     """SSE events; errors propagate to the route's stream wrapper, which ends the stream cleanly."""
     created = now()
 
@@ -52,7 +63,12 @@ async def render_stream(pipeline: Pipeline, request: ChatCompletionRequest) -> A
         if isinstance(event, StepStarted):
             yield chunk(
                 choices=[],
-                orchestration_event={"type": "step_started", "role": event.role, "model": event.model, "round": event.round},
+                orchestration_event={
+                    "type": "step_started",
+                    "role": event.role,
+                    "model": event.model,
+                    "round": event.round,
+                },
             )
         elif isinstance(event, StepFinished):
             step = event.step
@@ -74,4 +90,5 @@ async def render_stream(pipeline: Pipeline, request: ChatCompletionRequest) -> A
     final = pipeline.final
     assert final is not None
     yield chunk(choices=[ChatChunkChoice(index=0, delta=DeltaMessage(), finish_reason=final.finish_reason)])
+    record(pipeline, metrics)
     yield chunk(choices=[], usage=pipeline.usage(), orchestration=pipeline.info())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from serve_app.config.app_args import RequestLimits
 from serve_app.errors import InvalidRequest
+from serve_app.metrics import EngineMetrics, NoMetrics
 from serve_app.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -21,8 +23,8 @@ from serve_app.protocol import (
     Usage,
     now,
 )
-from serve_app.serving.common import build_sampling
-from serve_app.serving.engine_api import Engine, ReasoningSplitter, SampleDelta
+from serve_app.serving.common import build_sampling, observed
+from serve_app.serving.engine_api import Engine, EngineStep, ReasoningSplitter, SampleDelta
 from serve_app.serving.engine_api import TokenLogprob as EngineLogprob
 
 
@@ -52,17 +54,28 @@ def to_wire_logprobs(entries: list[EngineLogprob]) -> list[TokenLogprob]:
 class ChatServing:
     """Serves chat completions for one model. Runs inside the model's Ray Serve replica."""
 
-    def __init__(self, engine: Engine, model_id: str, limits: RequestLimits, vocab_size: int | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        model_id: str,
+        limits: RequestLimits,
+        vocab_size: int | None = None,
+        metrics: EngineMetrics | None = None,
+    ):
         self.engine = engine
         self.model_id = model_id
         self.limits = limits
         self.vocab_size = vocab_size
+        self.metrics = metrics or NoMetrics()
+
+    def _generate(self, prompt: list[int], sampling: object, request_id: str) -> AsyncIterator[EngineStep]:
+        started = time.perf_counter()
+        steps = self.engine.generate(prompt, sampling, request_id)  # type: ignore[arg-type]
+        return observed(steps, self.metrics, self.model_id, started)
 
     def _prepare(self, request: ChatCompletionRequest) -> tuple[list[int], object]:
         if len(request.messages) > self.limits.max_messages:
-            raise InvalidRequest(
-                f"at most {self.limits.max_messages} messages are allowed", param="messages"
-            )
+            raise InvalidRequest(f"at most {self.limits.max_messages} messages are allowed", param="messages")
         if request.n > self.limits.max_n:
             raise InvalidRequest(f"n may be at most {self.limits.max_n}", param="n")
         messages = [
@@ -85,7 +98,7 @@ class ChatServing:
         prompt, sampling = self._prepare(request)
         choices = [ChoiceState() for _ in range(request.n)]
         prompt_tokens = len(prompt)
-        async for step in self.engine.generate(prompt, sampling, request_id):  # type: ignore[arg-type]
+        async for step in self._generate(prompt, sampling, request_id):
             prompt_tokens = step.prompt_token_count
             for sample in step.samples:
                 state = choices[sample.index]
@@ -118,7 +131,9 @@ class ChatServing:
             ),
         )
 
-    async def stream(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[ChatCompletionChunk]:
+    async def stream(
+        self, request: ChatCompletionRequest, request_id: str
+    ) -> AsyncIterator[ChatCompletionChunk]:
         """Yield OpenAI chunks. Validation errors raise before the first chunk is produced."""
         prompt, sampling = self._prepare(request)
         return self._stream(request, request_id, prompt, sampling)
@@ -134,9 +149,14 @@ class ChatServing:
                 id=request_id, created=created, model=request.model, choices=choice_list, usage=usage
             )
 
-        yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(request.n)])
+        yield chunk(
+            [
+                ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
+                for i in range(request.n)
+            ]
+        )
         prompt_tokens = len(prompt)
-        async for step in self.engine.generate(prompt, sampling, request_id):  # type: ignore[arg-type]
+        async for step in self._generate(prompt, sampling, request_id):
             prompt_tokens = step.prompt_token_count
             out = [self._delta(choices[s.index], s, request.logprobs) for s in step.samples]
             out = [c for c in out if c is not None]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from serve_app.errors import ContextLengthExceeded, InvalidRequest
+from serve_app.metrics import EngineMetrics
 from serve_app.protocol import SamplingFields
-from serve_app.serving.engine_api import SamplingSpec
+from serve_app.serving.engine_api import EngineStep, SamplingSpec
 
 T = TypeVar("T")
 
@@ -103,3 +105,22 @@ async def merge(iterators: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def observed(
+    steps: AsyncIterator[EngineStep], metrics: EngineMetrics, model: str, started: float
+) -> AsyncIterator[EngineStep]:
+    """Pass engine steps through, recording time to first token and token counts."""
+    first = True
+    prompt_tokens = completion_tokens = 0
+    try:
+        async for step in steps:
+            prompt_tokens = step.prompt_token_count
+            produced = sum(len(sample.token_ids) for sample in step.samples)
+            if first and produced:
+                metrics.first_token(model, time.perf_counter() - started)
+                first = False
+            completion_tokens += produced
+            yield step
+    finally:
+        metrics.tokens(model, prompt_tokens, completion_tokens)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from serve_app.config.app_args import RequestLimits
 from serve_app.errors import InvalidRequest
+from serve_app.metrics import EngineMetrics, NoMetrics
 from serve_app.protocol import (
     CompletionChoice,
     CompletionChunk,
@@ -16,7 +18,7 @@ from serve_app.protocol import (
     Usage,
     now,
 )
-from serve_app.serving.common import build_sampling, check_token_ids, merge
+from serve_app.serving.common import build_sampling, check_token_ids, merge, observed
 from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec, TokenLogprob
 
 MAX_PROMPTS = 16
@@ -40,11 +42,19 @@ def completion_logprobs(entries: list[TokenLogprob], offset: int) -> CompletionL
 
 
 class CompletionServing:
-    def __init__(self, engine: Engine, model_id: str, limits: RequestLimits, vocab_size: int | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        model_id: str,
+        limits: RequestLimits,
+        vocab_size: int | None = None,
+        metrics: EngineMetrics | None = None,
+    ):
         self.engine = engine
         self.model_id = model_id
         self.limits = limits
         self.vocab_size = vocab_size
+        self.metrics = metrics or NoMetrics()
 
     def _prepare(self, request: CompletionRequest) -> Prepared:
         raw = request.prompts()
@@ -73,8 +83,14 @@ class CompletionServing:
         return Prepared(prompts, sampling)
 
     def _generators(self, prepared: Prepared, request_id: str) -> list[AsyncIterator[EngineStep]]:
+        started = time.perf_counter()
         return [
-            self.engine.generate(prompt, sampling, f"{request_id}-{i}")
+            observed(
+                self.engine.generate(prompt, sampling, f"{request_id}-{i}"),
+                self.metrics,
+                self.model_id,
+                started,
+            )
             for i, (prompt, sampling) in enumerate(zip(prepared.prompts, prepared.sampling, strict=True))
         ]
 
@@ -140,7 +156,10 @@ class CompletionServing:
                 if sample.text or sample.finish_reason:
                     choices.append(
                         CompletionChoice(
-                            index=slot, text=sample.text, finish_reason=sample.finish_reason, logprobs=logprobs
+                            index=slot,
+                            text=sample.text,
+                            finish_reason=sample.finish_reason,
+                            logprobs=logprobs,
                         )
                     )
             if choices:
