@@ -35,7 +35,7 @@ DRAIN_TIMEOUT_S = 60.0
 class ModelServer:
     """Wraps the engine with load state, draining, health and the OpenAI serving classes."""
 
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits async constructors
         self,
         model_id: str,
         engine_config: EngineConfig,

@@ -80,7 +80,7 @@ class VLLMEngine:
         args = AsyncEngineArgs(
             model=self.config.model_path,
             served_model_name=self.config.served_model_id,
-            dtype=self.config.dtype,
+            dtype=self.config.dtype,  # type: ignore[arg-type]  # validated by ModelSpec
             max_model_len=self.config.max_model_len,
             gpu_memory_utilization=self.config.gpu_memory_utilization,
             quantization=self.config.quantization,

@@ -69,18 +69,18 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
         )
     logger.info("building preset %s (%s profile): %s", preset.name, args.profile, list(preset.models))
 
-    directory = ModelDirectory.bind(list(preset.models))
+    directory = ModelDirectory.bind(list(preset.models))  # type: ignore[attr-defined]
     handles = {}
     for model_id in preset.models:
         spec = catalog.get(model_id)
-        deployment = serve.deployment(ModelServer).options(
+        deployment = serve.deployment(ModelServer).options(  # type: ignore[attr-defined]
             name=model_id,
             ray_actor_options=actor_options(spec, args),
             **spec.serving.deployment_options(),
         )
         handles[model_id] = deployment.bind(model_id, engine_config(spec, args), args.limits, directory)
     ingress_cpus = 0.25 if args.profile == "cpu" else 1
-    ingress = serve.deployment(Ingress).options(
+    ingress = serve.deployment(Ingress).options(  # type: ignore[attr-defined]
         name="ingress",
         ray_actor_options={"num_cpus": ingress_cpus},
         **args.ingress.deployment_options(),

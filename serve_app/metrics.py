@@ -4,10 +4,17 @@ constructor: no module-level metric state."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
 ROUND_BUCKETS = [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
+# Error codes that mean "refused for capacity", as opposed to failures or bad input.
+REJECTION_CODES = {"overloaded", "model_loading", "replica_died", "engine_dead", "deployment_unavailable"}
+
+
+def tags(*keys: str) -> Any:
+    # Ray annotates tag_keys as tuple[str] though it takes any number of keys.
+    return keys
 
 
 class RequestMetrics(Protocol):
@@ -52,23 +59,23 @@ class RayRequestMetrics:
         self._requests = metrics.Counter(
             "inference_requests",
             description="HTTP requests by model, route and status.",
-            tag_keys=("model", "route", "status"),
+            tag_keys=tags("model", "route", "status"),
         )
         self._latency = metrics.Histogram(
             "inference_e2e_latency_seconds",
             description="End-to-end request latency, body included.",
             boundaries=LATENCY_BUCKETS_S,
-            tag_keys=("model", "route"),
+            tag_keys=tags("model", "route"),
         )
         self._errors = metrics.Counter(
             "inference_errors",
             description="Error responses by status and OpenAI error code.",
-            tag_keys=("model", "status", "code"),
+            tag_keys=tags("model", "status", "code"),
         )
         self._rejections = metrics.Counter(
             "inference_rejections",
             description="Requests refused for capacity (429/503).",
-            tag_keys=("model", "reason"),
+            tag_keys=tags("model", "reason"),
         )
         self._rounds = metrics.Histogram(
             "inference_critique_rounds",
@@ -79,7 +86,7 @@ class RayRequestMetrics:
         self._steps = metrics.Counter(
             "inference_pipeline_steps",
             description="Pipeline model calls by mode, role and model.",
-            tag_keys=("mode", "role", "model"),
+            tag_keys=tags("mode", "role", "model"),
         )
 
     def request_finished(self, model: str, route: str, status: int, seconds: float) -> None:
@@ -88,7 +95,7 @@ class RayRequestMetrics:
 
     def error(self, model: str, status: int, code: str) -> None:
         self._errors.inc(tags={"model": model, "status": str(status), "code": code})
-        if status in (429, 503):
+        if code in REJECTION_CODES:
             self._rejections.inc(tags={"model": model, "reason": code})
 
     def pipeline_finished(self, mode: str, rounds: int, steps: list[tuple[str, str]]) -> None:
@@ -107,13 +114,13 @@ class RayEngineMetrics:
             "inference_ttft_seconds",
             description="Time from the replica receiving a request to its first token.",
             boundaries=LATENCY_BUCKETS_S,
-            tag_keys=("model",),
+            tag_keys=tags("model"),
         )
         self._prompt = metrics.Counter(
-            "inference_prompt_tokens", description="Prompt tokens processed.", tag_keys=("model",)
+            "inference_prompt_tokens", description="Prompt tokens processed.", tag_keys=tags("model")
         )
         self._completion = metrics.Counter(
-            "inference_completion_tokens", description="Completion tokens generated.", tag_keys=("model",)
+            "inference_completion_tokens", description="Completion tokens generated.", tag_keys=tags("model")
         )
 
     def first_token(self, model: str, seconds: float) -> None:

@@ -10,7 +10,7 @@
 #
 # Env (defaults in brackets):
 #   INFERENCE_GATEWAY_UPSTREAM  the service's OpenAI base URL              [http://localhost:8085/v1]
-#   INFERENCE_API_KEY           the service's bearer key                   [unset: placeholder "no-key"]
+#   INFERENCE_API_KEY           the service's bearer key (first of a list) [unset: placeholder "no-key"]
 #   LLM_GATEWAY_API_KEY         master key clients send to the gateway     [sk-gateway-test]
 #   LLM_GATEWAY_PORT / LLM_GATEWAY_HOST                                    [8080 / 127.0.0.1]
 #   LLM_GATEWAY_START_TIMEOUT   seconds to wait for the gateway to answer  [120]
@@ -57,8 +57,12 @@ fi
 PY="$VENV/bin/python"
 
 # ------------------------------------------------------------------ helpers
-is_ours() { # pid -> true if it is alive and a litellm process
-  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q litellm
+alive() { # pid -> true while it runs (a zombie does not count)
+  local st
+  st="$(ps -o stat= -p "$1" 2>/dev/null)" && [[ -n "$st" && "$st" != Z* ]]
+}
+is_ours() { # pid -> true if it is alive and a litellm process (guards against a reused pid)
+  [[ -n "${1:-}" ]] && alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q litellm
 }
 healthy() {
   "$PY" - "$HEALTH_URL" <<'EOF' >/dev/null 2>&1
@@ -77,7 +81,7 @@ EOF
 }
 fail() { # message [pid to stop: only one this run started]
   echo "gateway: $1" >&2
-  if [[ -n "${2:-}" ]] && is_ours "$2"; then
+  if [[ -n "${2:-}" ]] && alive "$2"; then
     kill "$2" 2>/dev/null || true
     rm -f "$PID_FILE" "$URL_FILE"
   fi
@@ -89,7 +93,8 @@ wait_ready() { # pid [stop it on failure: yes|no]
   local start=$SECONDS stop_pid=""
   [[ "${2:-yes}" == yes ]] && stop_pid="$1"
   while ((SECONDS - start < TIMEOUT)); do
-    is_ours "$1" || { rm -f "$PID_FILE" "$URL_FILE"; fail "the gateway (pid $1) exited before answering"; }
+    # alive, not is_ours: just after the fork the child may not have exec'd litellm yet
+    alive "$1" || { rm -f "$PID_FILE" "$URL_FILE"; fail "the gateway (pid $1) exited before answering"; }
     if healthy; then
       echo "gateway: ready at http://$PROBE_HOST:$PORT (pid $1) after $((SECONDS - start)) s; log $LOG"
       return 0
@@ -121,8 +126,10 @@ fi
 
 # ------------------------------------------------------------------ environment
 export INFERENCE_GATEWAY_UPSTREAM="${INFERENCE_GATEWAY_UPSTREAM:-http://localhost:8085/v1}"
+# The service accepts a comma-separated list of keys (serve_app/http_guard.py): send the first one.
 # LiteLLM's OpenAI client refuses to call without a key; the service ignores it when it has none.
-export INFERENCE_API_KEY="${INFERENCE_API_KEY:-no-key}"
+upstream_key="$(printf '%s' "${INFERENCE_API_KEY:-}" | cut -d, -f1 | tr -d '[:space:]')"
+export INFERENCE_API_KEY="${upstream_key:-no-key}"
 export LITELLM_MASTER_KEY="${LLM_GATEWAY_API_KEY:-sk-gateway-test}"
 # Offline: bundled cost map and data files instead of fetching them from GitHub; no telemetry.
 export LITELLM_LOCAL_MODEL_COST_MAP=True
@@ -134,6 +141,7 @@ export LITELLM_TELEMETRY_DISABLED=True
 export HF_HUB_OFFLINE=1
 export DISABLE_ADMIN_UI=True
 export LITELLM_MODE=PRODUCTION # do not load a stray .env file
+export PYTHONUNBUFFERED=1     # log lines reach gateway.log as they happen
 unset DATABASE_URL             # DB-less by design: master key only, no spend logs
 
 # ------------------------------------------------------------------ start

@@ -158,8 +158,8 @@ class ChatServing:
         prompt_tokens = len(prompt)
         async for step in self._generate(prompt, sampling, request_id):
             prompt_tokens = step.prompt_token_count
-            out = [self._delta(choices[s.index], s, request.logprobs) for s in step.samples]
-            out = [c for c in out if c is not None]
+            deltas = (self._delta(choices[s.index], s, request.logprobs) for s in step.samples)
+            out = [c for c in deltas if c is not None]
             if out:
                 yield chunk(out)
         if request.include_usage():

@@ -78,14 +78,14 @@ async def merge(iterators: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T
         async for item in iterators[0]:
             yield 0, item
         return
-    queue: asyncio.Queue[tuple[int, T] | tuple[int, BaseException] | None] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
     done = object()
 
     async def pump(index: int, iterator: AsyncIterator[T]) -> None:
         try:
             async for item in iterator:
                 await queue.put((index, item))
-            await queue.put((index, done))  # type: ignore[arg-type]
+            await queue.put((index, done))
         except BaseException as exc:  # delivered to the consumer, which re-raises
             await queue.put((index, exc))
 
@@ -93,15 +93,13 @@ async def merge(iterators: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T
     remaining = len(tasks)
     try:
         while remaining:
-            entry = await queue.get()
-            assert entry is not None
-            index, item = entry
-            if item is done:
+            index, entry = await queue.get()  # a T, the sentinel, or an exception
+            if entry is done:
                 remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
+            elif isinstance(entry, BaseException):
+                raise entry
             else:
-                yield index, item  # type: ignore[misc]
+                yield index, entry  # type: ignore[misc]  # entries from iterators[index] are T
     finally:
         for task in tasks:
             task.cancel()

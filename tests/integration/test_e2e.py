@@ -26,9 +26,9 @@ async def test_health_is_open_and_tagged() -> None:
     assert response.headers.get("x-request-id") == "it-health-1"
 
 
-async def test_request_id_generated(client: httpx.AsyncClient) -> None:
-    first = await client.get("/v1/models")
-    second = await client.get("/v1/models")
+async def test_request_id_generated(async_client: httpx.AsyncClient) -> None:
+    first = await async_client.get("/v1/models")
+    second = await async_client.get("/v1/models")
     assert first.status_code == second.status_code == 200
     ids = [first.headers.get("x-request-id"), second.headers.get("x-request-id")]
     assert all(ids) and ids[0] != ids[1], ids

@@ -9,7 +9,17 @@ from typing import Any
 import httpx
 import pytest
 
-from .support import BASE_URL, CATALOG_MODELS, D4_MODELS, REASONING_MODELS, auth_headers, fetch_models, probe
+from .support import (
+    BASE_URL,
+    CATALOG_MODELS,
+    D4_CRITIC,
+    D4_GENERATOR,
+    D4_MODELS,
+    REASONING_MODELS,
+    auth_headers,
+    fetch_models,
+    probe,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_gateway]
 
@@ -138,10 +148,11 @@ async def test_gateway_critique_on_preset(
         "max_tokens": 12,
         "temperature": 0.7,
         "seed": 33,
-        "orchestration": {"mode": "critique", "rounds": 1},
+        # Swapped roles prove the extension reached the service (plain "D4" would use preset roles).
+        "orchestration": {"mode": "critique", "rounds": 1, "generator": D4_CRITIC, "critic": D4_GENERATOR},
     }
     response = await gateway_client.post("/v1/chat/completions", json=payload)
     assert response.status_code == 200, f"{response.status_code}: {response.text[:500]}"
     data = response_validator.validate_completion(response.json())
-    if data.get("orchestration") is not None:  # LiteLLM may or may not keep extension fields
-        response_validator.validate_orchestration(data, mode="critique", expected_models=D4_MODELS)
+    orch = response_validator.validate_orchestration(data, mode="critique", expected_models=D4_MODELS)
+    assert orch["models_used"][:2] == [D4_CRITIC, D4_GENERATOR], orch["models_used"]

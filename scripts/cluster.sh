@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Start, stop or check the local CPU cluster: a Ray head plus the Serve app of serve_config.cpu.yaml.
+#   scripts/cluster.sh start   # returns once every model of the preset is ready (or fails)
+#   scripts/cluster.sh stop
+#   scripts/cluster.sh status
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+CONFIG=${SERVE_CONFIG:-serve_config.cpu.yaml}
+PORT=${INFERENCE_PORT:-8085}
+METRICS_PORT=${RAY_METRICS_PORT:-9101}
+READY_TIMEOUT=${CLUSTER_READY_TIMEOUT:-900}
+RUN_DIR=${RUN_DIR:-.run}
+export PATH="$PWD/$VENV/bin:$PATH"
+export RAY_USAGE_STATS_ENABLED=0
+# Ray 2.60 clusters require a token; the head and the serve CLI share one kept in the run dir.
+mkdir -p "$RUN_DIR"
+export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN_PATH="$PWD/$RUN_DIR/ray_auth_token"
+[ -s "$RAY_AUTH_TOKEN_PATH" ] || python3 -c "import secrets; print(secrets.token_hex(32))" >"$RAY_AUTH_TOKEN_PATH"
+
+start() {
+  if ! ray status >/dev/null 2>&1; then
+    echo "==> starting Ray head (metrics on :$METRICS_PORT, dashboard on :8265)"
+    ray start --head --disable-usage-stats --metrics-export-port="$METRICS_PORT" \
+      --dashboard-host=127.0.0.1 --include-dashboard=true >"$RUN_DIR/ray-start.log" 2>&1 \
+      || { cat "$RUN_DIR/ray-start.log"; exit 1; }
+  fi
+  echo "==> deploying $CONFIG (preset ${INFERENCE_DEFAULT_PRESET:-from config})"
+  serve deploy "$CONFIG" >"$RUN_DIR/serve-deploy.log" 2>&1 || { cat "$RUN_DIR/serve-deploy.log"; exit 1; }
+  local started=$SECONDS
+  until curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null 2>&1; do
+    if (( SECONDS - started > READY_TIMEOUT )); then
+      echo "cluster not ready after ${READY_TIMEOUT}s"; serve status || true
+      tail -50 /tmp/ray/session_latest/logs/serve/*.log 2>/dev/null | tail -80 || true
+      exit 1
+    fi
+    if serve status 2>/dev/null | grep -q "DEPLOY_FAILED"; then
+      echo "deployment failed:"; serve status; exit 1
+    fi
+    sleep 3
+  done
+  echo "==> ready after $((SECONDS - started)) s on http://127.0.0.1:$PORT"
+}
+
+stop() {
+  serve shutdown -y >/dev/null 2>&1 || true
+  ray stop --force >/dev/null 2>&1 || true
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) serve status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every test: lint and types, unit tests, then the CPU cluster and the LiteLLM gateway are started
+# once and the integration suite runs against them with real vLLM engines. A skip because the
+# service or gateway is unreachable is a failure here (INFERENCE_REQUIRE_*).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+RUN_DIR=${RUN_DIR:-.run}
+mkdir -p "$RUN_DIR"
+
+echo "==> ruff and mypy"
+ruff check .
+mypy serve_app deployments
+
+echo "==> unit tests"
+python -m pytest tests/unit -q -p no:cacheprovider
+
+cleanup() {
+  local status=$?
+  if [ $status -ne 0 ]; then
+    echo "==> failure: last serve logs"
+    tail -n 40 /tmp/ray/session_latest/logs/serve/replica_*.log 2>/dev/null | tail -n 120 || true
+  fi
+  bash scripts/gateway/stop.sh >/dev/null 2>&1 || true
+  bash scripts/cluster.sh stop
+  exit $status
+}
+trap cleanup EXIT
+
+echo "==> starting the CPU cluster (D4 on real vLLM CPU engines)"
+bash scripts/cluster.sh start
+echo "==> starting the LiteLLM gateway"
+bash scripts/gateway/start.sh
+
+echo "==> integration tests"
+INFERENCE_REQUIRE_SERVICE=1 INFERENCE_REQUIRE_GATEWAY=1 INFERENCE_DEFAULT_PRESET=D4 \
+  python -m pytest tests/integration -v -p no:cacheprovider --durations=15

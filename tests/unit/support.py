@@ -1,0 +1,26 @@
+"""Paths and small helpers shared by the unit tests (no fakes here; see fakes.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PRESETS_DIR = PROJECT_ROOT / "presets"
+CATALOG_PATH = PRESETS_DIR / "catalog.yaml"
+
+
+def parse_sse(events: Sequence[str] | str) -> list[dict[str, Any] | str]:
+    """Decode `data: ...` SSE events: JSON payloads as dicts, `[DONE]` as the string."""
+    text = events if isinstance(events, str) else "".join(events)
+    decoded: list[dict[str, Any] | str] = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        assert block.startswith("data: "), f"not an SSE data event: {block!r}"
+        payload = block.removeprefix("data: ")
+        decoded.append(payload if payload == "[DONE]" else json.loads(payload))
+    assert text.endswith("\n\n"), "every SSE event ends with a blank line"
+    return decoded
