@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start, stop or check the local CPU cluster: a Ray head plus the Serve app of serve_config.cpu.yaml.
 #   scripts/cluster.sh start   # returns once every model of the preset is ready (or fails)
+#   scripts/cluster.sh deploy  # redeploy a changed config onto the running cluster
 #   scripts/cluster.sh stop
 #   scripts/cluster.sh status
 set -euo pipefail
@@ -10,6 +11,8 @@ CONFIG=${SERVE_CONFIG:-serve_config.cpu.yaml}
 PORT=${INFERENCE_PORT:-8085}
 METRICS_PORT=${RAY_METRICS_PORT:-9101}
 READY_TIMEOUT=${CLUSTER_READY_TIMEOUT:-900}
+# Space-separated readiness paths, one per application of the config.
+READY_PATHS=${READY_PATHS:-/health/ready}
 RUN_DIR=${RUN_DIR:-.run}
 export PATH="$PWD/$VENV/bin:$PATH"
 export RAY_USAGE_STATS_ENABLED=0
@@ -26,10 +29,24 @@ start() {
       --dashboard-host=127.0.0.1 --include-dashboard=true >"$RUN_DIR/ray-start.log" 2>&1 \
       || { cat "$RUN_DIR/ray-start.log"; exit 1; }
   fi
+  deploy
+}
+
+# (Re)deploy the config onto the running Ray cluster and wait until every app is ready. Serve
+# replaces only the deployments whose code or arguments changed; their old replicas finish their
+# in-flight requests first (graceful_shutdown_timeout_s).
+deploy() {
   echo "==> deploying $CONFIG (preset ${INFERENCE_DEFAULT_PRESET:-from config})"
   serve deploy "$CONFIG" >"$RUN_DIR/serve-deploy.log" 2>&1 || { cat "$RUN_DIR/serve-deploy.log"; exit 1; }
   local started=$SECONDS
-  until curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null 2>&1; do
+  all_ready() {
+    local path
+    serve status 2>/dev/null | grep -qE "DEPLOYING|UPDATING|NOT_STARTED" && return 1
+    for path in $READY_PATHS; do
+      curl -sf "http://127.0.0.1:$PORT$path" >/dev/null 2>&1 || return 1
+    done
+  }
+  until all_ready; do
     if (( SECONDS - started > READY_TIMEOUT )); then
       echo "cluster not ready after ${READY_TIMEOUT}s"; serve status || true
       tail -50 /tmp/ray/session_latest/logs/serve/*.log 2>/dev/null | tail -80 || true
@@ -50,7 +67,8 @@ stop() {
 
 case "${1:-}" in
   start) start ;;
+  deploy) deploy ;;
   stop) stop ;;
   status) serve status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|deploy|stop|status" >&2; exit 2 ;;
 esac

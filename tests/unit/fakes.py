@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from serve_app.protocol import (
@@ -164,6 +164,7 @@ class FakeEngine:
 @dataclass
 class Reply:
     content: str
+    _: KW_ONLY
     reasoning: str | None = None
     finish_reason: str = "stop"
     prompt_tokens: int = 10
@@ -248,7 +249,9 @@ class FakeModelClient:
         reply = await self._answer(request, request_id)
 
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
-            return ChatCompletionChunk(id=request_id, created=0, model=self.model_id, choices=choices, usage=usage)
+            return ChatCompletionChunk(
+                id=request_id, created=0, model=self.model_id, choices=choices, usage=usage
+            )
 
         yield chunk([ChatChunkChoice(index=0, delta=DeltaMessage(role="assistant", content=""))])
         for piece in words(reply.reasoning or ""):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import pickle
 
 import pytest
@@ -39,7 +38,13 @@ SERVICE_ERRORS = [ServiceError, *_all_subclasses(ServiceError)]
 
 def test_every_error_class_is_covered() -> None:
     names = {cls.__name__ for cls in SERVICE_ERRORS}
-    assert {"InvalidRequest", "ContextLengthExceeded", "ModelNotFound", "Overloaded", "UpstreamTimeout"} <= names
+    assert {
+        "InvalidRequest",
+        "ContextLengthExceeded",
+        "ModelNotFound",
+        "Overloaded",
+        "UpstreamTimeout",
+    } <= names
 
 
 @pytest.mark.parametrize("cls", SERVICE_ERRORS, ids=[cls.__name__ for cls in SERVICE_ERRORS])
@@ -64,7 +69,12 @@ def test_body_is_an_openai_error_object() -> None:
     body = ModelNotFound("no such model", param="model").body()
     assert isinstance(body, ErrorResponse)
     assert body.model_dump() == {
-        "error": {"message": "no such model", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+        "error": {
+            "message": "no such model",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
     }
 
 
@@ -90,7 +100,9 @@ def test_backpressure_retry_after_rounds_up_to_whole_seconds() -> None:
         num_queued_requests=5, max_queued_requests=4, status_code=429, retry_after_s=2.2
     )
     assert to_service_error(exc).headers() == {"Retry-After": "3"}
-    no_hint = serve_exceptions.BackPressureError(num_queued_requests=5, max_queued_requests=4, status_code=429)
+    no_hint = serve_exceptions.BackPressureError(
+        num_queued_requests=5, max_queued_requests=4, status_code=429
+    )
     assert to_service_error(no_hint).headers() == {"Retry-After": "2"}
 
 
@@ -106,7 +118,7 @@ def test_backpressure_keeps_the_configured_503() -> None:
     assert to_service_error(exc).status == 503
 
 
-@pytest.mark.parametrize("exc", [TimeoutError("deadline"), asyncio.TimeoutError()], ids=["builtin", "asyncio"])
+@pytest.mark.parametrize("exc", [TimeoutError("deadline"), TimeoutError()], ids=["builtin", "asyncio"])
 def test_timeouts_become_504(exc: BaseException) -> None:
     error = to_service_error(exc)
     assert isinstance(error, UpstreamTimeout) and error.status == 504 and error.code == "timeout"
@@ -157,7 +169,10 @@ def test_dead_replicas_and_missing_deployments_are_503s() -> None:
         assert (error.status, error.code) == (503, "replica_died")
         assert error.headers() == {"Retry-After": "5"}
     missing = serve_exceptions.DeploymentUnavailableError(DeploymentID(name="qwen2.5-7b", app_name="default"))
-    assert (to_service_error(missing).status, to_service_error(missing).code) == (503, "deployment_unavailable")
+    assert (to_service_error(missing).status, to_service_error(missing).code) == (
+        503,
+        "deployment_unavailable",
+    )
 
 
 def test_engine_death_is_a_503_by_class_name() -> None:

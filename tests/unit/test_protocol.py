@@ -19,9 +19,10 @@ USER = [{"role": "user", "content": "hi"}]
 
 PARAM_NOT_NAMED = pytest.mark.xfail(
     strict=True,
-    reason="BUG: cross-field checks are model_validators (protocol.py SamplingFields._stream_options_need_stream, "
-    "ChatCompletionRequest._consistent, CompletionRequest._best_of) whose errors have an empty loc, so "
-    "invalid_request_from() reports param=None",
+    reason="BUG: cross-field checks are model_validators (protocol.py "
+    "SamplingFields._stream_options_need_stream, ChatCompletionRequest._consistent, "
+    "CompletionRequest._best_of) whose errors have an empty loc, so invalid_request_from() reports "
+    "param=None",
 )
 
 INVALID_CHAT = [
@@ -36,7 +37,9 @@ INVALID_CHAT = [
     pytest.param({"frobnicate": True}, "frobnicate", id="unknown-field"),
     pytest.param({"stop": ["a", "b", "c", "d", "e"]}, "stop", id="stop-five-sequences"),
     pytest.param({"stop": ""}, "stop", id="stop-empty"),
-    pytest.param({"top_logprobs": 3}, "top_logprobs", id="top_logprobs-without-logprobs", marks=PARAM_NOT_NAMED),
+    pytest.param(
+        {"top_logprobs": 3}, "top_logprobs", id="top_logprobs-without-logprobs", marks=PARAM_NOT_NAMED
+    ),
     pytest.param(
         {"stream_options": {"include_usage": True}},
         "stream_options",
@@ -47,7 +50,9 @@ INVALID_CHAT = [
     pytest.param({"orchestration": {"rounds": 99}}, "orchestration.rounds", id="rounds-99"),
     pytest.param({"orchestration": {"mode": "debate"}}, "orchestration.mode", id="mode-unknown"),
     pytest.param({"orchestration": {"models": ["a"]}}, "orchestration.models", id="ensemble-one-model"),
-    pytest.param({"orchestration": {"surprise": 1}}, "orchestration.surprise", id="orchestration-unknown-key"),
+    pytest.param(
+        {"orchestration": {"surprise": 1}}, "orchestration.surprise", id="orchestration-unknown-key"
+    ),
     pytest.param({"logit_bias": {"hello": 5}}, "logit_bias", id="logit_bias-word-key"),
     pytest.param({"logit_bias": {"42": 101}}, "logit_bias", id="logit_bias-value-out-of-range"),
     pytest.param({"top_logprobs": 21, "logprobs": True}, "top_logprobs", id="top_logprobs-21"),
@@ -183,7 +188,11 @@ def test_usage_adds_up() -> None:
 @pytest.mark.parametrize(
     ("model", "body", "words"),
     [
-        (ChatCompletionRequest, {"model": "m", "messages": USER, "top_logprobs": 3}, "top_logprobs requires logprobs"),
+        (
+            ChatCompletionRequest,
+            {"model": "m", "messages": USER, "top_logprobs": 3},
+            "top_logprobs requires logprobs",
+        ),
         (
             ChatCompletionRequest,
             {"model": "m", "messages": USER, "stream_options": {"include_usage": True}},

@@ -50,3 +50,17 @@ def test_relative_paths_resolve_from_the_project_root(tmp_path) -> None:
 def test_ingress_defaults_are_larger_than_a_model_deployment() -> None:
     options = AppArgs().ingress.deployment_options()
     assert options["max_ongoing_requests"] == 256 and options["max_queued_requests"] == 512
+
+
+def test_preset_from_env_false_pins_the_preset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERENCE_DEFAULT_PRESET", "single-phi-4")
+    assert AppArgs(preset="D4", preset_from_env=False).resolved_preset() == "D4"
+    assert AppArgs(preset="D4", preset_from_env=True).resolved_preset() == "single-phi-4"
+
+
+def test_serving_overrides_are_validated_serving_blocks() -> None:
+    args = AppArgs.model_validate({"serving_overrides": {"qwen2.5-7b": {"max_ongoing_requests": 4}}})
+    options = args.serving_overrides["qwen2.5-7b"].deployment_options()
+    assert options["max_ongoing_requests"] == 4 and options["max_queued_requests"] == 64
+    with pytest.raises(ValidationError):
+        AppArgs.model_validate({"serving_overrides": {"qwen2.5-7b": {"max_ongoing": 4}}})

@@ -36,9 +36,14 @@ def test_catalog_and_preset_are_valid_and_fit(name: str) -> None:
     assert ids and len(ids) == len(set(ids))
     for spec in catalog.models:
         assert spec.weights_gb > 0 and 0 < spec.gpu_fraction <= 1 and spec.max_model_len > 0
-        assert spec.kv_bytes_per_token == 2 * spec.architecture.num_layers * spec.architecture.num_kv_heads * (
-            spec.architecture.head_dim
-        ) * 2
+        assert (
+            spec.kv_bytes_per_token
+            == 2
+            * spec.architecture.num_layers
+            * spec.architecture.num_kv_heads
+            * (spec.architecture.head_dim)
+            * 2
+        )
 
     preset = load_preset(PRESETS_DIR, name, catalog)
     assert preset.name == name
@@ -53,7 +58,9 @@ def test_catalog_and_preset_are_valid_and_fit(name: str) -> None:
         spec = catalog.get(fit.model_id)
         assert fit.budget_gb == pytest.approx(spec.gpu_memory_utilization * preset.gpu.memory_gb)
         assert fit.kv_min_gb == pytest.approx(spec.kv_bytes_per_token * spec.max_model_len / 1e9)
-        assert fit.spare_gb == pytest.approx(fit.budget_gb - fit.weights_gb - fit.kv_min_gb - RUNTIME_OVERHEAD_GB)
+        assert fit.spare_gb == pytest.approx(
+            fit.budget_gb - fit.weights_gb - fit.kv_min_gb - RUNTIME_OVERHEAD_GB
+        )
         assert fit.spare_gb >= 0, f"{fit.model_id} does not fit {preset.gpu.name}"
 
 
@@ -99,16 +106,28 @@ def test_fit_check_names_the_numbers_when_weights_exceed_the_budget(catalog: Cat
         check_preset_fits(preset, catalog)
     message = str(caught.value)
     assert "preset overfull does not fit" in message
-    for expected in ("deepseek-r1-7b", "qwen2.5-7b", "budget 7.2 GB", "weights 15.2 GB", "1.88 GB", "runtime 1.0 GB"):
+    for expected in (
+        "deepseek-r1-7b",
+        "qwen2.5-7b",
+        "budget 7.2 GB",
+        "weights 15.2 GB",
+        "1.88 GB",
+        "runtime 1.0 GB",
+    ):
         assert expected in message, (expected, message)
 
 
 def test_fit_check_counts_gpus_by_ray_fraction(catalog: Catalog) -> None:
     # phi-4 and granite each take a whole GPU (gpu_fraction 1.0): two GPUs for a one-GPU preset.
     preset = _preset(["phi-4", "granite-8b-code-128k"], memory_gb=80)
-    with pytest.raises(ConfigError, match=re.escape("GPU fractions [1.0, 1.0] need 2 GPUs; the preset targets 1")):
+    with pytest.raises(
+        ConfigError, match=re.escape("GPU fractions [1.0, 1.0] need 2 GPUs; the preset targets 1")
+    ):
         check_preset_fits(preset, catalog)
-    assert len(check_preset_fits(_preset(["phi-4", "granite-8b-code-128k"], memory_gb=80, count=2), catalog)) == 2
+    assert (
+        len(check_preset_fits(_preset(["phi-4", "granite-8b-code-128k"], memory_gb=80, count=2), catalog))
+        == 2
+    )
 
 
 def test_fit_check_refuses_utilisation_over_the_limit_on_one_gpu(catalog: Catalog) -> None:
@@ -203,7 +222,10 @@ def test_autoscaling_bounds_are_checked() -> None:
         ModelSpec.model_validate({**spec, "serving": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}})
     with pytest.raises(ValidationError, match="initial_replicas must lie between"):
         ModelSpec.model_validate(
-            {**spec, "serving": {"autoscaling": {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 5}}}
+            {
+                **spec,
+                "serving": {"autoscaling": {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 5}},
+            }
         )
 
 

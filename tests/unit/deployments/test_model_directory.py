@@ -1,0 +1,119 @@
+"""deployments/model_directory.py: the Ray-free ModelDirectoryState and aggregate_state."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from deployments import model_directory
+from deployments.model_directory import REPORT_TTL_S, ModelDirectoryState, aggregate_state
+
+
+@pytest.mark.parametrize(
+    ("desired", "counts", "expected"),
+    [
+        ("loaded", {}, "loading"),
+        ("loaded", {"ready": 1}, "ready"),
+        ("loaded", {"ready": 3}, "ready"),
+        ("loaded", {"ready": 1, "loading": 1}, "loading"),
+        ("loaded", {"loading": 2}, "loading"),
+        ("loaded", {"ready": 1, "unloaded": 1}, "loading"),
+        ("loaded", {"unloading": 1}, "loading"),
+        ("loaded", {"failed": 2}, "failed"),
+        ("loaded", {"failed": 1, "loading": 1}, "loading"),
+        ("unloaded", {}, "unloaded"),
+        ("unloaded", {"unloaded": 2}, "unloaded"),
+        ("unloaded", {"unloaded": 1, "failed": 1}, "unloaded"),
+        ("unloaded", {"ready": 1, "unloaded": 1}, "unloading"),
+        ("unloaded", {"unloading": 1}, "unloading"),
+        ("unloaded", {"ready": 2}, "unloading"),
+    ],
+)
+def test_aggregate_state(desired: str, counts: dict[str, int], expected: str) -> None:
+    assert aggregate_state(desired, counts) == expected
+
+
+def test_a_new_model_is_desired_loaded_and_loading() -> None:
+    state = ModelDirectoryState(["a", "b"])
+    assert state.desired_state("a") == "loaded"
+    assert state.status("a") == {"desired": "loaded", "state": "loading", "replicas": {}, "error": None}
+
+
+def test_reports_from_replicas_aggregate() -> None:
+    state = ModelDirectoryState(["m"])
+    assert state.report("m", "r1", "ready", None) == "loaded"
+    state.report("m", "r2", "loading", None)
+    assert state.status("m")["state"] == "loading"
+    assert state.status("m")["replicas"] == {"ready": 1, "loading": 1}
+    state.report("m", "r2", "ready", None)
+    assert state.status("m")["state"] == "ready" and state.status("m")["replicas"] == {"ready": 2}
+
+
+def test_set_desired_is_returned_to_reporting_replicas() -> None:
+    state = ModelDirectoryState(["m"])
+    state.report("m", "r1", "ready", None)
+    state.set_desired("m", "unloaded")
+    assert state.report("m", "r1", "ready", None) == "unloaded"
+    assert state.status("m")["state"] == "unloading"
+    state.report("m", "r1", "unloaded", None)
+    assert state.status("m") == {
+        "desired": "unloaded",
+        "state": "unloaded",
+        "replicas": {"unloaded": 1},
+        "error": None,
+    }
+
+
+def test_failed_replica_error_is_reported() -> None:
+    state = ModelDirectoryState(["m"])
+    state.report("m", "r1", "failed", "engine failed to start: OutOfMemoryError")
+    status = state.status("m")
+    assert status["state"] == "failed" and status["error"] == "engine failed to start: OutOfMemoryError"
+
+
+def test_forgotten_replicas_no_longer_count() -> None:
+    state = ModelDirectoryState(["m"])
+    state.report("m", "r1", "ready", None)
+    state.report("m", "r2", "loading", None)
+    state.forget("m", "r2")
+    state.forget("m", "never-reported")
+    assert state.status("m")["state"] == "ready"
+
+
+class FakeClock:
+    """Stands in for the `time` module of model_directory: real monotonic time plus an offset."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
+def test_stale_reports_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(model_directory, "time", SimpleNamespace(monotonic=clock.monotonic))
+    state = ModelDirectoryState(["m"])
+    state.report("m", "r1", "ready", None)
+    state.report("m", "r2", "ready", None)
+    clock.offset = REPORT_TTL_S - 1
+    assert state.status("m")["replicas"] == {"ready": 2}
+    clock.offset = REPORT_TTL_S + 1  # nobody reported for longer than the TTL
+    assert state.status("m") == {"desired": "loaded", "state": "loading", "replicas": {}, "error": None}
+    assert state.reports["m"] == {}
+
+
+def test_only_the_silent_replica_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(model_directory, "time", SimpleNamespace(monotonic=clock.monotonic))
+    state = ModelDirectoryState(["m"])
+    state.report("m", "dead-replica", "loading", "stuck")
+    state.report("m", "live-replica", "ready", None)
+    assert state.status("m")["state"] == "loading"
+    # The dead replica's last report is older than the TTL; the live one just reported.
+    state.reports["m"]["dead-replica"].at -= REPORT_TTL_S + 1
+    status = state.status("m")
+    assert status["replicas"] == {"ready": 1} and status["state"] == "ready" and status["error"] is None
+    assert set(state.reports["m"]) == {"live-replica"}
