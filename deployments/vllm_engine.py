@@ -145,6 +145,10 @@ class VLLMEngine:
             frequency_penalty=spec.frequency_penalty,
             logprobs=spec.logprobs,
             logit_bias=spec.logit_bias,
+            top_k=spec.top_k,
+            min_tokens=spec.min_tokens,
+            ignore_eos=spec.ignore_eos,
+            repetition_penalty=spec.repetition_penalty,
             output_kind=RequestOutputKind.DELTA,
         )
 

@@ -84,6 +84,11 @@ class SamplingFields(Request):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
+    # vLLM sampling extensions, accepted as vLLM's own OpenAI server accepts them.
+    top_k: int | None = Field(None, ge=-1)
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

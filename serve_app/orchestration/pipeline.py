@@ -35,6 +35,10 @@ INHERITED_FIELDS = (
     "seed",
     "presence_penalty",
     "frequency_penalty",
+    "top_k",
+    "min_tokens",
+    "ignore_eos",
+    "repetition_penalty",
 )
 
 

@@ -36,6 +36,8 @@ def build_sampling(
             f"{prompt_tokens} tokens and leaves no room for output.",
             param="messages" if hasattr(request, "messages") else "prompt",
         )
+    if request.min_tokens and requested_max_tokens is not None and request.min_tokens > requested_max_tokens:
+        raise InvalidRequest("min_tokens must not exceed max_tokens", param="min_tokens")
     if requested_max_tokens is not None and requested_max_tokens > room:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {max_model_len} tokens. The prompt has "
@@ -62,6 +64,10 @@ def build_sampling(
         frequency_penalty=request.frequency_penalty or 0.0,
         logprobs=logprobs,
         logit_bias=bias,
+        top_k=0 if request.top_k in (None, -1) else request.top_k,
+        min_tokens=request.min_tokens,
+        ignore_eos=request.ignore_eos,
+        repetition_penalty=request.repetition_penalty or 1.0,
     )
 
 

@@ -25,6 +25,10 @@ class SamplingSpec:
     frequency_penalty: float = 0.0
     logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
+    top_k: int = 0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    repetition_penalty: float = 1.0
 
 
 @dataclass(frozen=True)
