@@ -62,7 +62,8 @@ class ModelDirectoryState:
 
 
 def aggregate_state(desired: str, counts: dict[str, int]) -> ModelState:
-    """One state for the model: it is ready only when every live replica is ready."""
+    """One state for the model. Ready when every live replica is ready, or when some are ready and
+    the rest failed (it still serves; a failed replica is Ray's to replace and shows in `error`)."""
     if not counts:
         return "loading" if desired == "loaded" else "unloaded"
     if desired == "unloaded":

@@ -93,8 +93,8 @@ NODE_ALLOCATABLE_MEMORY_SHARE = 0.75
 WORKER_IDLE_TIMEOUT_S = 600
 # After the preStop drain, `ray stop` gets this long before the kubelet kills the container.
 RAY_STOP_GRACE_S = 30
-# KubeRay fails a RayService that is not ready this long after creation or an update
-# (ray.io/initializing-timeout, terminal: delete and re-apply). Budget: GPU node boot, pulling the
+# KubeRay fails a new RayService that has not become ready this long after it was created
+# (ray.io/initializing-timeout; terminal: delete and re-apply). Budget: GPU node boot, pulling the
 # multi-GB image, then the engines' start budget (AppArgs.engine_start_timeout_s), plus slack.
 NODE_BOOT_BUDGET_S = 600
 IMAGE_PULL_BUDGET_S = 600

@@ -41,12 +41,16 @@ class ServiceError(Exception):
         return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Keep param/code when Ray pickles the error across a handle call.
-        return (_rebuild, (type(self), self.message, self.param, self.code))
+        # Keep param/code/retry-after when Ray pickles the error across a handle call.
+        return (_rebuild, (type(self), self.message, self.param, self.code, self.retry_after_s))
 
 
-def _rebuild(cls: type[ServiceError], message: str, param: str | None, code: str | None) -> ServiceError:
-    return cls(message, param=param, code=code)
+def _rebuild(
+    cls: type[ServiceError], message: str, param: str | None, code: str | None, retry_after_s: int | None
+) -> ServiceError:
+    error = cls(message, param=param, code=code)
+    error.retry_after_s = retry_after_s
+    return error
 
 
 class InvalidRequest(ServiceError):
@@ -130,6 +134,8 @@ def invalid_request_from(errors: Sequence[Any]) -> InvalidRequest:
         return InvalidRequest(
             f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter"
         )
+    if kind == "missing" and param is None:
+        return InvalidRequest("The request body is missing.", code="missing_body")
     if kind == "missing":
         return InvalidRequest(
             f"Missing required parameter: {param}", param=param, code="missing_required_parameter"
@@ -148,7 +154,10 @@ def to_service_error(exc: BaseException, *, request_id: str = "-") -> ServiceErr
     if isinstance(exc, ValidationError):
         return invalid_request_from(exc.errors())
     if isinstance(exc, serve_exceptions.BackPressureError):
-        error = Overloaded("The model's queue is full; retry after a short wait.")
+        message = "The model's queue is full; retry after a short wait."
+        error: ServiceError = (
+            Overloaded(message) if exc.status_code == 429 else ServiceUnavailable(message, code="overloaded")
+        )
         if exc.retry_after_s is not None:
             error.retry_after_s = max(1, int(exc.retry_after_s + 0.999))
         return error

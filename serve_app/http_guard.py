@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.exceptions import HTTPException
+
 from serve_app.errors import PayloadTooLarge, ServiceError, Unauthorized
 from serve_app.metrics import NoMetrics, RequestMetrics
 
@@ -138,7 +140,23 @@ class HttpGuard:
             note_error(scope, error)
             await send_error(send_with_id, error)
             return
-        await self.app(scope, receive, send_with_id)
+        await self.app(scope, self._limited(receive), send_with_id)
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Enforce the body limit on bodies sent without Content-Length (chunked) as they arrive."""
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    # FastAPI re-raises HTTPException from body parsing; the 413 handler renders it.
+                    raise HTTPException(status_code=413)
+            return message
+
+        return limited_receive
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         state = scope.get("state", {})

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_CRITIQUE_ROUNDS = 5
 MAX_TOP_LOGPROBS = 20
@@ -53,7 +53,6 @@ class ErrorResponse(Response):
 
 class StreamOptions(Request):
     include_usage: bool = False
-    continuous_usage_stats: bool = False
 
 
 class Usage(Response):
@@ -115,11 +114,15 @@ class SamplingFields(Request):
                 raise ValueError("logit_bias values must lie in [-100, 100]")
         return value
 
-    @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> SamplingFields:
-        if self.stream_options is not None and not self.stream:
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(
+        cls, value: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        # A field validator (stream is declared first) so the 400 names `stream_options`.
+        if value is not None and not info.data.get("stream"):
             raise ValueError("stream_options is only allowed when stream is true")
-        return self
+        return value
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -199,13 +202,23 @@ class ChatCompletionRequest(SamplingFields):
         None, description="Shorthand for orchestration.mode."
     )
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ChatCompletionRequest:
-        if self.top_logprobs is not None and not self.logprobs:
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
             raise ValueError("top_logprobs requires logprobs to be true")
-        if self.max_tokens and self.max_completion_tokens and self.max_tokens != self.max_completion_tokens:
+        return value
+
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _one_output_limit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        other = info.data.get("max_tokens")
+        if value and other and value != other:
             raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
-        return self
+        return value
+
+    def output_limit_param(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -297,11 +310,12 @@ class CompletionRequest(SamplingFields):
             raise ValueError("prompt must not be empty")
         return value
 
-    @model_validator(mode="after")
-    def _best_of(self) -> CompletionRequest:
-        if self.best_of is not None and self.best_of != self.n:
+    @field_validator("best_of")
+    @classmethod
+    def _best_of(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value != info.data.get("n", 1):
             raise ValueError("best_of other than n is not supported")
-        return self
+        return value
 
     def prompts(self) -> list[str] | list[list[int]]:
         prompt = self.prompt

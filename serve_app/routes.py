@@ -16,6 +16,7 @@ from serve_app.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     ServiceError,
     invalid_request_from,
     to_service_error,
@@ -39,7 +40,7 @@ def error_response(error: ServiceError, request: Request | None = None) -> JSONR
     return JSONResponse(error.body().model_dump(), status_code=error.status, headers=error.headers())
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
         return error_response(exc, request)
@@ -54,6 +55,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(
                 MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}."), request
             )
+        if exc.status_code == 413:
+            return error_response(PayloadTooLarge(f"Request body exceeds {max_body_bytes} bytes."), request)
         if exc.status_code == 404:
             return error_response(NotFound(f"No route {request.method} {request.url.path}."), request)
         error = InvalidRequest(str(exc.detail))
@@ -112,7 +115,7 @@ def build_api(
         description="OpenAI-compatible multi-model inference on Ray Serve and vLLM.",
         version="0.1.0",
     )
-    install_error_handlers(app)
+    install_error_handlers(app, service.args.limits.max_body_bytes)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

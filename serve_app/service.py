@@ -183,6 +183,8 @@ class InferenceService:
             if addressed_preset:
                 request.model = self.preset.model_with_role(Role.generator) or self.preset.models[0]
             return None
+        if not addressed_preset:
+            self._require_deployed(request.model)
         if request.n != 1:
             raise InvalidRequest("Pipelines produce one answer; n must be 1.", param="n")
         if request.logprobs:

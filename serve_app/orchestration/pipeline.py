@@ -8,6 +8,7 @@ renderings of the same event sequence, so both modes run exactly the same steps.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ class Pipeline:
         self.stop_reason = "single"
         self.reason: str | None = None
         self.final: OrchestrationStep | None = None
+        self._call_numbers = itertools.count(1)  # unique sub-request ids, also for concurrent steps
 
     def events(self, stream_final: bool) -> AsyncIterator[Event]:
         raise NotImplementedError
@@ -98,6 +100,7 @@ class Pipeline:
             else to_service_error(exc, request_id=self.request_id)
         )
         error.message = f"The {role} step (round {round_}, model {model}) failed: {error.message}"
+        error.args = (error.message,)
         return error
 
     async def run_step(
@@ -105,28 +108,35 @@ class Pipeline:
     ) -> AsyncIterator[Event]:
         """Yield the step's events; on success the step is appended to `self.steps`."""
         yield StepStarted(role, client.model_id, round_)
-        sub_id = f"{self.request_id}-{len(self.steps) + 1}"
+        sub_id = f"{self.request_id}-{next(self._call_numbers)}"
         started = time.perf_counter()
+        # The deadline covers waiting on the model only, never the time our consumer spends
+        # between chunks: a slow client must not turn into a step timeout.
+        deadline = asyncio.get_running_loop().time() + self.step_timeout_s
         content, reasoning, finish, usage = "", "", None, Usage()
         try:
-            async with asyncio.timeout(self.step_timeout_s):
-                if stream:
-                    async for chunk in client.chat_chunks(self.step_request(client, messages, True), sub_id):
-                        usage = chunk.usage or usage
-                        for choice in chunk.choices:
-                            finish = choice.finish_reason or finish
-                            content += choice.delta.content or ""
-                            reasoning += choice.delta.reasoning_content or ""
-                            if choice.delta.content or choice.delta.reasoning_content:
-                                yield FinalDelta(choice.delta.content, choice.delta.reasoning_content)
-                else:
+            if stream:
+                chunks = aiter(client.chat_chunks(self.step_request(client, messages, True), sub_id))
+                while True:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    usage = chunk.usage or usage
+                    for choice in chunk.choices:
+                        finish = choice.finish_reason or finish
+                        content += choice.delta.content or ""
+                        reasoning += choice.delta.reasoning_content or ""
+                        if choice.delta.content or choice.delta.reasoning_content:
+                            yield FinalDelta(choice.delta.content, choice.delta.reasoning_content)
+            else:
+                async with asyncio.timeout_at(deadline):
                     response = await client.chat(self.step_request(client, messages, False), sub_id)
-                    message = response.choices[0].message
-                    content, reasoning = message.content or "", message.reasoning_content or ""
-                    finish, usage = response.choices[0].finish_reason, response.usage
-        except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise
+                message = response.choices[0].message
+                content, reasoning = message.content or "", message.reasoning_content or ""
+                finish, usage = response.choices[0].finish_reason, response.usage
+        except Exception as exc:
             raise self._fail(exc, role, client.model_id, round_) from None
         step = OrchestrationStep(
             role=role,
@@ -186,7 +196,7 @@ class CritiquePipeline(Pipeline):
             if critique.verdict == "approved":
                 self.stop_reason, self.final = "approved", draft
                 if stream_final:
-                    yield FinalDelta(draft.content)
+                    yield FinalDelta(draft.content, draft.reasoning_content)
                 return
             last = round_ == self.rounds
             messages = revision_messages(task, draft.content, critique.content)
@@ -217,7 +227,13 @@ class EnsemblePipeline(Pipeline):
     async def events(self, stream_final: bool) -> AsyncIterator[Event]:
         for client in self.candidates:
             yield StepStarted("candidate", client.model_id, 1)
-        results = await asyncio.gather(*(self._collect(c) for c in self.candidates))
+        # A TaskGroup cancels the other candidates as soon as one fails: no orphaned generation.
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._collect(c)) for c in self.candidates]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        results = [task.result() for task in tasks]
         answers = []
         for events in results:
             finished = [e for e in events if isinstance(e, StepFinished)]

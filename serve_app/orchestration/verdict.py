@@ -9,11 +9,14 @@ from typing import Literal
 Verdict = Literal["approved", "needs_revision", "unclear"]
 
 _VERDICT_LINE = re.compile(r"verdict\s*[:\-]\s*\**\s*(approved|needs[\s_-]*revision|rejected)", re.I)
-_NEGATED = re.compile(r"\b(not|never|isn'?t|cannot be)\s+approved\b", re.I)
+_NEGATED = re.compile(
+    r"\b(not|never|isn'?t|aren'?t|can'?t|cannot|won'?t|wouldn'?t|shouldn'?t)\s+(?:\w+\s+){0,2}approved\b",
+    re.I,
+)
 _APPROVED = re.compile(r"\bapproved\b|\blgtm\b", re.I)
 _REVISE = re.compile(r"\bneeds?[\s_-]*revision\b|\brevise\b|\bincorrect\b|\brejected\b", re.I)
 _WINNER = re.compile(r"winner\s*[:\-]\s*\**\s*(?:candidate\s*)?#?\s*(\d+)", re.I)
-_REASON = re.compile(r"reason\s*[:\-]\s*(.+)", re.I | re.S)
+_REASON = re.compile(r"reason\s*\**\s*[:\-]\s*\**\s*(.+)", re.I | re.S)
 
 
 def parse_verdict(text: str | None) -> Verdict:

@@ -89,6 +89,7 @@ class ChatServing:
             prompt_tokens=len(prompt),
             max_model_len=self.engine.max_model_len,
             requested_max_tokens=request.output_limit(),
+            max_tokens_param=request.output_limit_param(),
             logprobs=logprobs,
             vocab_size=self.vocab_size,
         )

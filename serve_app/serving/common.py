@@ -26,6 +26,7 @@ def build_sampling(
     max_model_len: int,
     requested_max_tokens: int | None,
     logprobs: int | None,
+    max_tokens_param: str = "max_tokens",
     vocab_size: int | None = None,
 ) -> SamplingSpec:
     """Map an OpenAI request onto engine sampling, rejecting what cannot be honoured."""
@@ -43,7 +44,7 @@ def build_sampling(
             f"This model's maximum context length is {max_model_len} tokens. The prompt has "
             f"{prompt_tokens} tokens and max_tokens asks for {requested_max_tokens}; at most "
             f"{room} fit.",
-            param="max_tokens",
+            param=max_tokens_param,
         )
     bias = None
     if request.logit_bias:

@@ -35,3 +35,11 @@ def d4_fits(d4_preset: Preset, catalog: Catalog) -> list[ModelFit]:
 def pytest_configure(config: pytest.Config) -> None:
     # Ray's own modules trip pydantic deprecation warnings on import; they are not ours to fix.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:ray.*")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ray_cluster():
+    """The unit suite may import Ray but must never start it (no ray.init, no serve.run)."""
+    yield
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized(), "a unit test started a Ray cluster"

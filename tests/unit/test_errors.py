@@ -106,11 +106,6 @@ def test_backpressure_retry_after_rounds_up_to_whole_seconds() -> None:
     assert to_service_error(no_hint).headers() == {"Retry-After": "2"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: errors.py to_service_error maps every BackPressureError to Overloaded (429) and ignores "
-    "exc.status_code, so ServingOptions.backpressure_status: 503 never reaches clients",
-)
 def test_backpressure_keeps_the_configured_503() -> None:
     exc = serve_exceptions.BackPressureError(
         num_queued_requests=1, max_queued_requests=1, status_code=503, retry_after_s=1

@@ -17,13 +17,6 @@ from serve_app.protocol import (
 
 USER = [{"role": "user", "content": "hi"}]
 
-PARAM_NOT_NAMED = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cross-field checks are model_validators (protocol.py "
-    "SamplingFields._stream_options_need_stream, ChatCompletionRequest._consistent, "
-    "CompletionRequest._best_of) whose errors have an empty loc, so invalid_request_from() reports "
-    "param=None",
-)
 
 INVALID_CHAT = [
     pytest.param({"temperature": 2.5}, "temperature", id="temperature-above-2"),
@@ -37,14 +30,11 @@ INVALID_CHAT = [
     pytest.param({"frobnicate": True}, "frobnicate", id="unknown-field"),
     pytest.param({"stop": ["a", "b", "c", "d", "e"]}, "stop", id="stop-five-sequences"),
     pytest.param({"stop": ""}, "stop", id="stop-empty"),
-    pytest.param(
-        {"top_logprobs": 3}, "top_logprobs", id="top_logprobs-without-logprobs", marks=PARAM_NOT_NAMED
-    ),
+    pytest.param({"top_logprobs": 3}, "top_logprobs", id="top_logprobs-without-logprobs"),
     pytest.param(
         {"stream_options": {"include_usage": True}},
         "stream_options",
         id="stream_options-without-stream",
-        marks=PARAM_NOT_NAMED,
     ),
     pytest.param({"orchestration": {"rounds": 0}}, "orchestration.rounds", id="rounds-0"),
     pytest.param({"orchestration": {"rounds": 99}}, "orchestration.rounds", id="rounds-99"),
@@ -150,7 +140,7 @@ def test_orchestration_mode_shorthand() -> None:
         pytest.param({"echo": True}, "echo", id="echo"),
         pytest.param({"suffix": "x"}, "suffix", id="suffix"),
         pytest.param({"logprobs": 6}, "logprobs", id="logprobs-6"),
-        pytest.param({"best_of": 3}, "best_of", id="best_of-other-than-n", marks=PARAM_NOT_NAMED),
+        pytest.param({"best_of": 3}, "best_of", id="best_of-other-than-n"),
         pytest.param({"max_tokens": 0}, "max_tokens", id="max_tokens-zero"),
     ],
 )

@@ -210,11 +210,6 @@ async def test_a_single_preset_addressed_by_name_is_its_model(catalog: Catalog) 
     assert clients["phi-4"].requests[0][0].model == "phi-4"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: service.py _pipeline never checks request.model when orchestration is explicit, so a "
-    "model that does not exist ('gpt-4o') is silently answered by the preset's pipeline instead of a 404",
-)
 async def test_unknown_model_with_explicit_orchestration_is_still_a_404(d4) -> None:
     service, *_ = d4(clients=d4_clients())
     with pytest.raises(ModelNotFound):

@@ -235,13 +235,6 @@ async def test_cancelling_the_request_cancels_the_step_and_is_not_an_error() -> 
     assert generator.cancelled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipeline.py run_step yields FinalDelta inside `async with asyncio.timeout(...)`; the "
-    "deadline keeps running while the consumer (the HTTP send) holds the event, and when it fires there "
-    "the consumer gets a bare CancelledError instead of an UpstreamTimeout, so the stream dies without "
-    "an error event or [DONE]",
-)
 async def test_a_slow_reader_of_the_final_stream_does_not_get_a_bare_cancellation() -> None:
     generator = FakeModelClient(GEN, [Reply("d0"), Reply("a final answer of several words")])
     critic = FakeModelClient(CRITIC, [Reply(NEEDS_REVISION)])
@@ -345,11 +338,6 @@ async def test_ensemble_candidate_failure_names_the_candidate() -> None:
     assert caught.value.message.startswith("The candidate step (round 1, model model-a) failed:")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipeline.py EnsemblePipeline.events uses asyncio.gather without cancelling siblings, so "
-    "when one candidate fails the others keep generating (and holding GPU slots) after the request ended",
-)
 async def test_ensemble_candidate_failure_cancels_the_other_candidates() -> None:
     release = asyncio.Event()
     started = asyncio.Event()
@@ -373,12 +361,6 @@ async def test_ensemble_candidate_failure_cancels_the_other_candidates() -> None
     assert not still_running, "the second candidate was left running"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipeline.py run_step derives the sub-request id from len(self.steps) at step start; "
-    "concurrent ensemble candidates all start with the same count and share one id (req-1-1), which "
-    "collides in the engine when a model is listed twice (self-consistency) and makes aborts ambiguous",
-)
 async def test_ensemble_candidates_get_distinct_sub_request_ids() -> None:
     same = FakeModelClient(GEN, [Reply("first sample"), Reply("second sample")], delay_s=0.01)
     await run(ensemble([same, same], FakeModelClient(JUDGE, [Reply("WINNER: 2\nREASON: x")])))

@@ -144,11 +144,6 @@ async def test_render_stream_of_an_approved_draft_sends_the_draft_once() -> None
     assert chunks[-1]["orchestration"]["stop_reason"] == "approved"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipeline.py CritiquePipeline.events yields FinalDelta(draft.content) on approval without "
-    "draft.reasoning_content, so a streamed approved answer loses the reasoning the JSON response has",
-)
 async def test_approved_draft_reasoning_is_streamed_like_it_is_returned() -> None:
     def pipeline() -> CritiquePipeline:
         generator = FakeModelClient(GEN, [Reply("answer", reasoning="generator reasoning")])

@@ -6,13 +6,6 @@ import pytest
 
 from serve_app.orchestration.verdict import parse_verdict, parse_winner
 
-FALSE_APPROVAL = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: verdict.py _NEGATED only matches a negation directly before 'approved' "
-    "(not/never/isn't/cannot be), so 'not yet approved' / 'can't be approved' fall through to "
-    "_APPROVED and stop the critique loop on a rejected draft",
-)
-
 
 @pytest.mark.parametrize(
     ("text", "expected"),
@@ -57,13 +50,11 @@ FALSE_APPROVAL = pytest.mark.xfail(
             "The draft is not yet approved; fix the loop.",
             "needs_revision",
             id="not-yet",
-            marks=FALSE_APPROVAL,
         ),
         pytest.param(
             "This can't be approved until the bug is fixed.",
             "needs_revision",
             id="cant-be",
-            marks=FALSE_APPROVAL,
         ),
     ],
 )
@@ -87,11 +78,6 @@ def test_parse_verdict(text: str | None, expected: str) -> None:
             1,
             "more complete",
             id="markdown-reason",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: verdict.py _REASON does not skip markdown emphasis after 'Reason:' (unlike "
-                "_WINNER), so orchestration.reason starts with '** '",
-            ),
         ),
         pytest.param("WINNER: #3\nREASON: only one with tests", 3, 2, "only one with tests", id="hash"),
         pytest.param("WINNER - 1", 2, 0, None, id="no-reason"),

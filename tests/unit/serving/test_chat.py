@@ -140,11 +140,6 @@ async def test_prompt_plus_max_tokens_over_context_is_rejected() -> None:
     await serving(engine).create(chat(max_tokens=10 - HELLO_PROMPT_TOKENS), "req-2")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: serving/common.py build_sampling names param 'max_tokens' even when the client sent "
-    "max_completion_tokens",
-)
 async def test_context_error_names_max_completion_tokens_when_that_was_sent() -> None:
     with pytest.raises(ContextLengthExceeded) as caught:
         await serving(FakeEngine(max_model_len=10)).create(chat(max_completion_tokens=7), "req-1")
@@ -309,11 +304,6 @@ async def test_stream_logprobs_per_chunk() -> None:
     assert chunks[0].choices[0].logprobs is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: protocol.py StreamOptions accepts continuous_usage_stats but serving/chat.py ignores it, "
-    "against the protocol's rule that a parameter the service would ignore is rejected instead",
-)
 async def test_continuous_usage_stats_is_honoured_or_rejected() -> None:
     try:
         request = chat(stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True})
