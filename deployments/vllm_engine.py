@@ -89,7 +89,10 @@ class VLLMEngine:
             disable_log_stats=False,
             worker_extension_cls=AMX_EXTENSION if self.config.cpu else "",
         )
-        self._engine = AsyncLLM.from_engine_args(args)
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+        # vLLM's own metrics (vllm:*), exported through Ray's metrics endpoint like ours.
+        self._engine = AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger])
         self._tokenizer = self._engine.get_tokenizer()
         self.vocab_size = len(self._tokenizer)
         if self.config.reasoning_parser:

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from k8s.rayservice_schema import INITIALIZING_TIMEOUT_ANNOTATION, RayService
+from serve_app.app import GPU_INGRESS_CPUS, GPU_MODEL_REPLICA_CPUS
 from serve_app.config import (
     AppArgs,
     Catalog,
@@ -72,7 +73,7 @@ GIB = 1024**3
 # (num_cpus 1 in serve_app.app) - the model directory takes no CPU and model replicas need a GPU.
 HEAD_CPU = "2"
 HEAD_MEMORY = "8Gi"
-HEAD_RAY_CPUS = "1"
+HEAD_RAY_CPUS = str(GPU_INGRESS_CPUS)
 HEAD_OBJECT_STORE_BYTES = 1 * GIB
 WORKER_OBJECT_STORE_BYTES = 2 * GIB
 # Host (not GPU) memory one vLLM engine and its Serve replica use: CUDA context, torch, tokenizer,
@@ -81,7 +82,7 @@ ENGINE_HOST_MEMORY_GIB = 6
 RAY_NODE_MEMORY_GIB = 4
 # Each model replica asks Ray for 1 CPU (serve_app.app.actor_options); vLLM's engine core and
 # detokenizer threads need one more per node outside Ray's accounting.
-ENGINE_RAY_CPUS = 1
+ENGINE_RAY_CPUS = GPU_MODEL_REPLICA_CPUS
 NODE_CPU_HEADROOM = 1
 # What a GPU node leaves a pod: one vCPU and a quarter of memory stay for kubelet, the OS and the
 # daemonsets (aws-node, kube-proxy, EFS CSI, NVIDIA device plugin, node exporter).

@@ -30,6 +30,10 @@ logger = logging.getLogger("ray.serve")
 # vLLM on the GPU sizes its KV cache from gpu_memory_utilization; on the CPU it ignores it and
 # reads VLLM_CPU_KVCACHE_SPACE, but still refuses values above what a "device" would allow.
 CPU_GPU_MEMORY_UTILIZATION = 0.05
+# Ray CPUs per replica; k8s/render.py sizes pods from the same numbers.
+GPU_MODEL_REPLICA_CPUS = 1
+GPU_INGRESS_CPUS = 1
+CPU_INGRESS_CPUS = 0.25
 
 
 def engine_config(spec: ModelSpec, args: AppArgs) -> EngineConfig:
@@ -59,7 +63,7 @@ def actor_options(spec: ModelSpec, args: AppArgs) -> dict[str, Any]:
     if args.profile == "cpu":
         env = {"VLLM_CPU_KVCACHE_SPACE": str(args.cpu.kv_cache_space_gb)}
         return {"num_cpus": args.cpu.num_cpus, "runtime_env": {"env_vars": env}}
-    return {"num_gpus": spec.gpu_fraction, "num_cpus": 1}
+    return {"num_gpus": spec.gpu_fraction, "num_cpus": GPU_MODEL_REPLICA_CPUS}
 
 
 def build_app(raw_args: dict[str, Any] | None = None) -> Application:
@@ -89,7 +93,7 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
             **args.serving_overrides.get(model_id, spec.serving).deployment_options(),
         )
         handles[model_id] = deployment.bind(model_id, engine_config(spec, args), args.limits, directory)
-    ingress_cpus = 0.25 if args.profile == "cpu" else 1
+    ingress_cpus = CPU_INGRESS_CPUS if args.profile == "cpu" else GPU_INGRESS_CPUS
     ingress = serve.deployment(Ingress).options(  # type: ignore[attr-defined]
         name="ingress",
         ray_actor_options={"num_cpus": ingress_cpus},
