@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from serve_app.config.app_args import RequestLimits
 from serve_app.errors import InvalidRequest
-from serve_app.metrics import EngineMetrics, NoMetrics
 from serve_app.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -23,8 +20,8 @@ from serve_app.protocol import (
     Usage,
     now,
 )
-from serve_app.serving.common import build_sampling, observed
-from serve_app.serving.engine_api import Engine, EngineStep, ReasoningSplitter, SampleDelta
+from serve_app.serving.common import Serving, build_sampling
+from serve_app.serving.engine_api import ReasoningSplitter, SampleDelta, SamplingSpec
 from serve_app.serving.engine_api import TokenLogprob as EngineLogprob
 
 
@@ -51,33 +48,13 @@ def to_wire_logprobs(entries: list[EngineLogprob]) -> list[TokenLogprob]:
     ]
 
 
-class ChatServing:
+class ChatServing(Serving):
     """Serves chat completions for one model. Runs inside the model's Ray Serve replica."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        model_id: str,
-        limits: RequestLimits,
-        vocab_size: int | None = None,
-        metrics: EngineMetrics | None = None,
-    ):
-        self.engine = engine
-        self.model_id = model_id
-        self.limits = limits
-        self.vocab_size = vocab_size
-        self.metrics = metrics or NoMetrics()
-
-    def _generate(self, prompt: list[int], sampling: object, request_id: str) -> AsyncIterator[EngineStep]:
-        started = time.perf_counter()
-        steps = self.engine.generate(prompt, sampling, request_id)  # type: ignore[arg-type]
-        return observed(steps, self.metrics, self.model_id, started)
-
-    def _prepare(self, request: ChatCompletionRequest) -> tuple[list[int], object]:
+    def _prepare(self, request: ChatCompletionRequest) -> tuple[list[int], SamplingSpec]:
         if len(request.messages) > self.limits.max_messages:
             raise InvalidRequest(f"at most {self.limits.max_messages} messages are allowed", param="messages")
-        if request.n > self.limits.max_n:
-            raise InvalidRequest(f"n may be at most {self.limits.max_n}", param="n")
+        self._check_n(request.n)
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
             for m in request.messages
@@ -140,7 +117,7 @@ class ChatServing:
         return self._stream(request, request_id, prompt, sampling)
 
     async def _stream(
-        self, request: ChatCompletionRequest, request_id: str, prompt: list[int], sampling: object
+        self, request: ChatCompletionRequest, request_id: str, prompt: list[int], sampling: SamplingSpec
     ) -> AsyncIterator[ChatCompletionChunk]:
         created = now()
         choices = [ChoiceState(splitter=self.engine.reasoning_splitter()) for _ in range(request.n)]

@@ -7,10 +7,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
+from serve_app.config.app_args import RequestLimits
 from serve_app.errors import ContextLengthExceeded, InvalidRequest
-from serve_app.metrics import EngineMetrics
+from serve_app.metrics import EngineMetrics, NoMetrics
 from serve_app.protocol import SamplingFields
-from serve_app.serving.engine_api import EngineStep, SamplingSpec
+from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec
 
 T = TypeVar("T")
 
@@ -129,3 +130,33 @@ async def observed(
             yield step
     finally:
         metrics.tokens(model, prompt_tokens, completion_tokens)
+
+
+class Serving:
+    """What chat and text completion serving share: the engine, limits, and observed generation."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        model_id: str,
+        limits: RequestLimits,
+        vocab_size: int | None = None,
+        metrics: EngineMetrics | None = None,
+    ):
+        self.engine = engine
+        self.model_id = model_id
+        self.limits = limits
+        self.vocab_size = vocab_size
+        self.metrics = metrics or NoMetrics()
+
+    def _check_n(self, n: int) -> None:
+        if n > self.limits.max_n:
+            raise InvalidRequest(f"n may be at most {self.limits.max_n}", param="n")
+
+    def _generate(
+        self, prompt: list[int], sampling: SamplingSpec, request_id: str
+    ) -> AsyncIterator[EngineStep]:
+        started = time.perf_counter()
+        return observed(
+            self.engine.generate(prompt, sampling, request_id), self.metrics, self.model_id, started
+        )

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from serve_app.config.app_args import RequestLimits
 from serve_app.errors import InvalidRequest
-from serve_app.metrics import EngineMetrics, NoMetrics
 from serve_app.protocol import (
     CompletionChoice,
     CompletionChunk,
@@ -18,8 +15,8 @@ from serve_app.protocol import (
     Usage,
     now,
 )
-from serve_app.serving.common import build_sampling, check_token_ids, merge, observed
-from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec, TokenLogprob
+from serve_app.serving.common import Serving, build_sampling, check_token_ids, merge
+from serve_app.serving.engine_api import EngineStep, SamplingSpec, TokenLogprob
 
 MAX_PROMPTS = 16
 
@@ -41,27 +38,14 @@ def completion_logprobs(entries: list[TokenLogprob], offset: int) -> CompletionL
     return result
 
 
-class CompletionServing:
-    def __init__(
-        self,
-        engine: Engine,
-        model_id: str,
-        limits: RequestLimits,
-        vocab_size: int | None = None,
-        metrics: EngineMetrics | None = None,
-    ):
-        self.engine = engine
-        self.model_id = model_id
-        self.limits = limits
-        self.vocab_size = vocab_size
-        self.metrics = metrics or NoMetrics()
+class CompletionServing(Serving):
+    """Serves text completions for one model. Runs inside the model's Ray Serve replica."""
 
     def _prepare(self, request: CompletionRequest) -> Prepared:
         raw = request.prompts()
         if len(raw) > MAX_PROMPTS:
             raise InvalidRequest(f"at most {MAX_PROMPTS} prompts per request", param="prompt")
-        if request.n > self.limits.max_n:
-            raise InvalidRequest(f"n may be at most {self.limits.max_n}", param="n")
+        self._check_n(request.n)
         prompts: list[list[int]] = []
         for item in raw:
             if isinstance(item, str):
@@ -83,14 +67,8 @@ class CompletionServing:
         return Prepared(prompts, sampling)
 
     def _generators(self, prepared: Prepared, request_id: str) -> list[AsyncIterator[EngineStep]]:
-        started = time.perf_counter()
         return [
-            observed(
-                self.engine.generate(prompt, sampling, f"{request_id}-{i}"),
-                self.metrics,
-                self.model_id,
-                started,
-            )
+            self._generate(prompt, sampling, f"{request_id}-{i}")
             for i, (prompt, sampling) in enumerate(zip(prepared.prompts, prepared.sampling, strict=True))
         ]
 
