@@ -30,7 +30,7 @@ logger = logging.getLogger("ray.serve")
 # vLLM on the GPU sizes its KV cache from gpu_memory_utilization; on the CPU it ignores it and
 # reads VLLM_CPU_KVCACHE_SPACE, but still refuses values above what a "device" would allow.
 CPU_GPU_MEMORY_UTILIZATION = 0.05
-# Ray CPUs per replica; k8s/render.py sizes pods from the same numbers.
+# Ray CPUs per replica; k8s/sizing.py and k8s/rayservice_builder.py size pods from the same numbers.
 GPU_MODEL_REPLICA_CPUS = 1
 GPU_INGRESS_CPUS = 1
 CPU_INGRESS_CPUS = 0.25

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from k8s import render
+from k8s import rayservice_builder, render, render_inputs, sizing
 from k8s.rayservice_schema import INITIALIZING_TIMEOUT_ANNOTATION, RayService, go_duration_seconds
 from serve_app.config import AppArgs, ConfigError, load_catalog, load_preset
 
@@ -34,8 +34,8 @@ DOC = REPO / "docs" / "deploy-eks.md"
 # Kubernetes version the core objects are validated against: the EKS version of the cluster config.
 K8S_VERSION = "1.34"
 CRD_KINDS = {"RayService", "PodMonitor", "ServiceMonitor", "NodePool", "EC2NodeClass", "ClusterConfig"}
-PRESETS = render.preset_names()
-SERVE_CONFIG = yaml.safe_load(render.SERVE_CONFIG_PATH.read_text())
+PRESETS = render_inputs.preset_names()
+SERVE_CONFIG = yaml.safe_load(render_inputs.SERVE_CONFIG_PATH.read_text())
 SERVE_PORT = SERVE_CONFIG["http_options"]["port"]
 
 
@@ -97,7 +97,7 @@ def test_every_preset_has_a_rayservice() -> None:
 def test_checked_in_rayservices_match_their_rendering(rendered: dict[Path, str]) -> None:
     problems = render.drift(rendered)
     assert not problems, (
-        "k8s/rayservice/ has drifted from serve_config.yaml, presets/ or k8s/render.py: "
+        "k8s/rayservice/ has drifted from serve_config.yaml, presets/ or the renderer in k8s/: "
         + "; ".join(problems)
         + f". Run `{render.RENDER_COMMAND}` and commit the result."
     )
@@ -127,7 +127,7 @@ def test_gpu_worker_group_matches_the_preset_gpu(preset: str, rayservices: dict)
     groups = _gpu_groups(doc)
     assert len(groups) == 1, f"{preset}: want one GPU worker group, have {len(groups)}"
     group = groups[0]
-    family = render.GPU_INSTANCE_FAMILIES[spec.gpu.name]
+    family = sizing.GPU_INSTANCE_FAMILIES[spec.gpu.name]
     pod = group["template"]["spec"]
     (container,) = pod["containers"]
     resources = container["resources"]
@@ -173,7 +173,7 @@ def test_secrets_cache_drain_and_timeouts(preset: str, rayservices: dict) -> Non
         env = {e["name"]: e for e in container["env"]}
         assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
         api_key = env["INFERENCE_API_KEY"]["valueFrom"]["secretKeyRef"]
-        assert api_key["name"] == render.API_KEYS_SECRET and api_key["optional"] is True
+        assert api_key["name"] == rayservice_builder.API_KEYS_SECRET and api_key["optional"] is True
         assert "INFERENCE_DEFAULT_PRESET" not in env, "the preset comes from serveConfigV2 args"
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
@@ -195,9 +195,9 @@ def test_secrets_cache_drain_and_timeouts(preset: str, rayservices: dict) -> Non
 
 def test_all_presets_share_one_rayservice_name(rayservices: dict) -> None:
     names = {doc["metadata"]["name"] for doc in rayservices.values()}
-    assert names == {render.RAYSERVICE_NAME}
+    assert names == {rayservice_builder.RAYSERVICE_NAME}
     for preset, doc in rayservices.items():
-        assert doc["metadata"]["labels"][render.PRESET_LABEL] == preset
+        assert doc["metadata"]["labels"][rayservice_builder.PRESET_LABEL] == preset
 
 
 def _write_preset(directory: Path, name: str, models: list[str], gpu: dict[str, Any]) -> dict[str, Any]:
@@ -223,14 +223,14 @@ def test_a_preset_that_does_not_fit_fails_rendering(tmp_path: Path) -> None:
 
 def test_a_gpu_without_an_instance_family_fails_rendering(tmp_path: Path) -> None:
     base = _write_preset(tmp_path, "h100", ["phi-4"], {"name": "NVIDIA H100", "memory_gb": 80, "count": 1})
-    with pytest.raises(render.RenderError, match="GPU_INSTANCE_FAMILIES"):
+    with pytest.raises(render_inputs.RenderError, match="GPU_INSTANCE_FAMILIES"):
         render.render_preset("h100", base_config=base)
 
 
 def test_a_cpu_profile_is_refused() -> None:
     base = copy.deepcopy(SERVE_CONFIG)
     base["applications"][0]["args"]["profile"] = "cpu"
-    with pytest.raises(render.RenderError, match="gpu profile"):
+    with pytest.raises(render_inputs.RenderError, match="gpu profile"):
         render.render_preset(PRESETS[0], base_config=base)
 
 
@@ -305,7 +305,7 @@ def test_kubernetes_schema_catches_a_misspelt_field() -> None:
 def test_model_cache_is_read_write_many_on_efs() -> None:
     (pvc,) = _load_all(K8S / "model-cache-pvc.yaml")
     (storage_class,) = _load_all(K8S / "cluster" / "efs-storageclass.yaml")
-    assert pvc["metadata"]["name"] == render.MODEL_CACHE_CLAIM
+    assert pvc["metadata"]["name"] == rayservice_builder.MODEL_CACHE_CLAIM
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     assert pvc["spec"]["storageClassName"] == storage_class["metadata"]["name"]
     assert storage_class["provisioner"] == "efs.csi.aws.com"
@@ -317,7 +317,7 @@ def test_secret_templates_hold_no_real_secrets() -> None:
         (secret,) = _load_all(path)
         names.add(secret["metadata"]["name"])
         assert all("REPLACE_ME" in value for value in secret["stringData"].values()), path
-    assert names == {"hf-token", render.API_KEYS_SECRET}
+    assert names == {"hf-token", rayservice_builder.API_KEYS_SECRET}
 
 
 # --- (d) RayService against the typed KubeRay model ---------------------------------------------
@@ -367,13 +367,13 @@ def test_root_kustomization_builds_one_preset() -> None:
     assert kinds == ["Namespace", "PersistentVolumeClaim", "RayService"], kinds
     for doc in docs:
         if doc["kind"] != "Namespace":
-            assert doc["metadata"]["namespace"] == render.NAMESPACE
+            assert doc["metadata"]["namespace"] == rayservice_builder.NAMESPACE
         if doc["kind"] in CRD_KINDS:
             RayService.model_validate(doc)
         else:
             _validate_core(doc, "kubectl kustomize k8s/")
     (rayservice,) = [d for d in docs if d["kind"] == "RayService"]
-    preset = rayservice["metadata"]["labels"][render.PRESET_LABEL]
+    preset = rayservice["metadata"]["labels"][rayservice_builder.PRESET_LABEL]
     assert preset in PRESETS
     # kustomize's `images:` reaches the containers inside the custom resource
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
@@ -395,7 +395,7 @@ def test_monitoring_kustomization_builds() -> None:
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["inference-dashboard.json"])["uid"] == "inference-cluster"
     monitor = by_kind["PodMonitor"]
-    assert monitor["metadata"]["namespace"] == render.NAMESPACE
+    assert monitor["metadata"]["namespace"] == rayservice_builder.NAMESPACE
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
     # it selects the Ray pods the RayServices template (head and GPU workers)
@@ -432,7 +432,7 @@ def test_cluster_configs_offer_every_gpu_instance_type(rayservices: dict) -> Non
     ]["template"]["spec"]["taints"]
     # any preset's GPU can be served by Karpenter
     assert {
-        t.name for f in render.GPU_INSTANCE_FAMILIES.values() for t in f.instance_types
+        t.name for f in sizing.GPU_INSTANCE_FAMILIES.values() for t in f.instance_types
     } <= karpenter_types
     for preset, doc in rayservices.items():
         for group in _gpu_groups(doc):
