@@ -101,13 +101,17 @@ class ModelServer:
             logger.info("engine of %s unloaded on replica %s", self.model_id, self.replica_id)
 
     async def _reconcile_forever(self) -> None:
+        # Reporting doubles as the heartbeat, so it must never wait on a transition (a drain can
+        # take a minute): transitions run as their own task, one at a time.
+        transition: asyncio.Task[None] | None = None
         while True:
             try:
                 desired = await self._report()
-                if desired == "unloaded" and self.state in ("ready", "failed"):
-                    await self._unload()
-                elif desired == "loaded" and self.state in ("unloaded",):
-                    await self._load()
+                idle = transition is None or transition.done()
+                if idle and desired == "unloaded" and self.state in ("ready", "failed"):
+                    transition = asyncio.create_task(self._unload())
+                elif idle and desired == "loaded" and self.state == "unloaded":
+                    transition = asyncio.create_task(self._load())
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -92,7 +92,11 @@ class VLLMEngine:
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
         # vLLM's own metrics (vllm:*), exported through Ray's metrics endpoint like ours.
-        self._engine = AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger])
+        # Building the engine blocks for the whole model load; in a thread, the replica keeps
+        # answering health checks and refusing requests (503) meanwhile.
+        self._engine = await asyncio.to_thread(
+            AsyncLLM.from_engine_args, args, stat_loggers=[RayPrometheusStatLogger]
+        )
         self._tokenizer = self._engine.get_tokenizer()
         self.vocab_size = len(self._tokenizer)
         if self.config.reasoning_parser:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -123,13 +124,23 @@ class InternalError(ServiceError):
     """A bug. The message is generic on purpose; the traceback goes to the log."""
 
 
+# Pydantic puts union-branch tags ("str", "function-after[...]") into error locations.
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "body"}
+
+
+def _is_field(part: object) -> bool:
+    return isinstance(part, int) or (
+        isinstance(part, str) and re.fullmatch(r"[A-Za-z_]\w*", part) is not None and part not in _TYPE_TAGS
+    )
+
+
 def invalid_request_from(errors: Sequence[Any]) -> InvalidRequest:
     """The first of pydantic's (or FastAPI's) validation errors, as an OpenAI 400 naming the param."""
     first = errors[0]
     kind = first.get("type")
     if kind == "json_invalid":
         return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
-    param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
+    param = ".".join(str(part) for part in first.get("loc", ()) if _is_field(part)) or None
     if kind == "extra_forbidden":
         return InvalidRequest(
             f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter"
@@ -149,6 +160,11 @@ def to_service_error(exc: BaseException, *, request_id: str = "-") -> ServiceErr
     from ray import exceptions as ray_exceptions
     from ray.serve import exceptions as serve_exceptions
 
+    # Ray wraps a replica's exception in a RayTaskError that also subclasses the original class,
+    # but with class defaults (code, param): the cause is the error that was actually raised.
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ray_exceptions.RayTaskError) and isinstance(cause, BaseException) and cause is not exc:
+        return to_service_error(cause, request_id=request_id)
     if isinstance(exc, ServiceError):
         return exc
     if isinstance(exc, ValidationError):
@@ -163,9 +179,6 @@ def to_service_error(exc: BaseException, *, request_id: str = "-") -> ServiceErr
         return error
     if isinstance(exc, serve_exceptions.DeploymentUnavailableError):
         return ServiceUnavailable("The model deployment is unavailable.", code="deployment_unavailable")
-    cause = getattr(exc, "cause", None)
-    if isinstance(exc, ray_exceptions.RayTaskError) and isinstance(cause, BaseException) and cause is not exc:
-        return to_service_error(cause, request_id=request_id)
     if isinstance(exc, ray_exceptions.RayActorError | serve_exceptions.ReplicaUnavailableError):
         return ServiceUnavailable(
             "The model replica died while serving this request; Ray is replacing it. Retry shortly.",

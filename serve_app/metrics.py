@@ -127,5 +127,8 @@ class RayEngineMetrics:
         self._ttft.observe(seconds, tags={"model": model})
 
     def tokens(self, model: str, prompt: int, completion: int) -> None:
-        self._prompt.inc(prompt, tags={"model": model})
-        self._completion.inc(completion, tags={"model": model})
+        # Ray's Counter.inc rejects 0; a request that failed before its first token counts nothing.
+        if prompt > 0:
+            self._prompt.inc(prompt, tags={"model": model})
+        if completion > 0:
+            self._completion.inc(completion, tags={"model": model})

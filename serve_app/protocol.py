@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_CRITIQUE_ROUNDS = 5
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 4
+
+
+def _require_utf8(value: str) -> str:
+    # JSON can carry lone surrogates ("\\ud800") that no tokenizer can encode: refuse them here.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (it contains a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_require_utf8)]
 
 
 def new_id(prefix: str) -> str:
@@ -78,7 +90,7 @@ class SamplingFields(Request):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=128)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
@@ -108,7 +120,7 @@ class SamplingFields(Request):
     @classmethod
     def _bias_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (value or {}).items():
-            if not key.isdigit():
+            if not (key.isascii() and key.isdigit()):
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
             if not -100 <= bias <= 100:
                 raise ValueError("logit_bias values must lie in [-100, 100]")
@@ -174,12 +186,12 @@ class OrchestrationInfo(Response):
 
 class TextPart(Request):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
     name: str | None = None
     reasoning_content: str | None = None
 
@@ -296,7 +308,7 @@ class ChatCompletionChunk(Response):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | list[Text] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: Literal[False] = False

@@ -92,7 +92,7 @@ async def stream_response(events: AsyncIterator[str], request: Request) -> Strea
         except Exception as exc:
             error = to_service_error(exc, request_id=rid)
             request.scope.setdefault("state", {})["stream_error"] = error.code or error.type
-            yield encode_event(error.body())
+            yield encode_event(error.body(), exclude_none=False)
         yield DONE
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TypeVar
@@ -14,6 +15,7 @@ from serve_app.protocol import SamplingFields
 from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec
 
 T = TypeVar("T")
+logger = logging.getLogger("ray.serve")
 
 # OpenAI's defaults where the request leaves a parameter out.
 DEFAULT_TEMPERATURE = 1.0
@@ -129,7 +131,10 @@ async def observed(
             completion_tokens += produced
             yield step
     finally:
-        metrics.tokens(model, prompt_tokens, completion_tokens)
+        try:
+            metrics.tokens(model, prompt_tokens, completion_tokens)
+        except Exception:  # metrics must never replace the request's own outcome
+            logger.exception("recording token metrics failed")
 
 
 class Serving:
