@@ -33,6 +33,9 @@ class Workload:
     concurrency: int
     warmup: int
     timeout_s: float = 300.0
+    # vLLM's min_tokens + ignore_eos pin the output length; off for servers that reject them (the
+    # output is then checked to have max_tokens tokens anyway).
+    extensions: bool = True
 
 
 class PromptFactory:
@@ -47,7 +50,10 @@ class PromptFactory:
         self.words = prompt_tokens
         self.calibrated = False
         if tokenizer_path is not None:
-            self._calibrate(tokenizer_path)
+            try:
+                self._calibrate(tokenizer_path)
+            except Exception as exc:  # the run goes on; servers' usage reports the real count
+                print(f"(prompt length not calibrated: {type(exc).__name__}: {exc})")
 
     def _calibrate(self, path: Path) -> None:
         from transformers import AutoTokenizer
@@ -63,7 +69,7 @@ class PromptFactory:
             rendered = tokenizer.apply_chat_template(
                 self.messages(0, words), add_generation_prompt=True, tokenize=False
             )
-            return count(rendered)
+            return count(str(rendered))
 
         overhead = templated(1) - 1
         for words in range(max(1, self.prompt_tokens - overhead - 3), self.prompt_tokens - overhead + 4):
@@ -79,22 +85,29 @@ class PromptFactory:
 
 
 def chat_body(workload: Workload, messages: list[dict[str, str]]) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "model": workload.model,
         "messages": messages,
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_tokens": workload.output_tokens,
-        "min_tokens": workload.output_tokens,
-        "ignore_eos": True,
         "temperature": 0.0,
     }
+    if workload.extensions:
+        body.update(min_tokens=workload.output_tokens, ignore_eos=True)
+    return body
 
 
 def _has_text(event: dict[str, Any]) -> bool:
     for choice in event.get("choices") or ():
         delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("reasoning_content") or choice.get("text"):
+        # vLLM names reasoning text `reasoning` (newer) or `reasoning_content` (older, and ours).
+        if (
+            delta.get("content")
+            or delta.get("reasoning")
+            or delta.get("reasoning_content")
+            or choice.get("text")
+        ):
             return True
     return False
 
@@ -107,8 +120,8 @@ async def stream_one(
     try:
         async with client.stream("POST", url, json=body) as response:
             if response.status_code != 200:
-                await response.aread()
                 result.error = f"http_{response.status_code}"
+                result.detail = (await response.aread())[:300].decode(errors="replace")
                 return result
             done = False
             async for line in response.aiter_lines():
@@ -121,7 +134,7 @@ async def stream_one(
                 now = time.perf_counter()
                 event = json.loads(data)
                 if "error" in event or event.get("object") == "error":
-                    result.error = "stream_error"
+                    result.error, result.detail = "stream_error", data[:300]
                     continue
                 if _has_text(event):
                     result.chunk_times.append(now)

@@ -6,6 +6,7 @@ Bare vLLM's flags are derived from the cluster's own builder (`serve_app.app.eng
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -49,12 +50,26 @@ def bare_vllm_command(config_path: Path, model_id: str, port: int, api_key: str 
     config = engine_config(spec, args)
     env = dict(actor_options(spec, args).get("runtime_env", {}).get("env_vars", {}))
     argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--model", config.model_path, "--served-model-name", config.served_model_id,
-        "--dtype", config.dtype, "--max-model-len", str(config.max_model_len),
-        "--gpu-memory-utilization", str(config.gpu_memory_utilization), "--seed", str(config.seed),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        config.model_path,
+        "--served-model-name",
+        config.served_model_id,
+        "--dtype",
+        config.dtype,
+        "--max-model-len",
+        str(config.max_model_len),
+        "--gpu-memory-utilization",
+        str(config.gpu_memory_utilization),
+        "--seed",
+        str(config.seed),
+    ]
     if config.enforce_eager:
         argv.append("--enforce-eager")
     if config.cpu:
@@ -96,11 +111,26 @@ def serves_model(base_url: str, model_id: str, api_key: str | None, ready_path: 
         return False
 
 
+# Ray starts its worker processes (Serve replicas and the vLLM engines they spawn) at this niceness
+# (`RAY_worker_niceness`); bare vLLM runs at the same by default so that neither system is favoured
+# when it shares the CPUs with the load generator.
+RAY_WORKER_NICENESS = 15
+
+
 class BareVllm:
     """`python -m vllm.entrypoints.openai.api_server` in its own process group, log to a file."""
 
-    def __init__(self, config_path: Path, model_id: str, port: int, api_key: str | None, log_path: Path):
+    def __init__(
+        self,
+        config_path: Path,
+        model_id: str,
+        port: int,
+        api_key: str | None,
+        log_path: Path,
+        niceness: int = RAY_WORKER_NICENESS,
+    ):
         self.model_id, self.port, self.api_key, self.log_path = model_id, port, api_key, log_path
+        self.niceness = niceness
         self.argv, self.env = bare_vllm_command(config_path, model_id, port, api_key)
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -112,9 +142,14 @@ class BareVllm:
         env = {**os.environ, **self.env, "PYTHONPATH": str(PROJECT_ROOT)}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                self.argv, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                self.argv,
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+                preexec_fn=self._renice,
+            )
         try:
             self.startup_s = wait_until(
                 lambda: serves_model(self.url, self.model_id, self.api_key, "/health"),
@@ -125,6 +160,9 @@ class BareVllm:
         except ServerError:
             sys.stderr.write(tail(self.log_path))
             raise
+
+    def _renice(self) -> None:  # runs in the child before exec; the parent may be niced already
+        os.nice(max(0, self.niceness - os.nice(0)))
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -141,10 +179,8 @@ class BareVllm:
             except subprocess.TimeoutExpired:
                 continue
         # vLLM's engine core and workers are in the same session; make sure none is left behind.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class Cluster:
@@ -172,9 +208,14 @@ class Cluster:
         if self.api_key:
             env["INFERENCE_API_KEY"] = self.api_key
         return subprocess.run(
-            ["bash", "scripts/cluster.sh", action], cwd=PROJECT_ROOT, env=env, text=True,
-            capture_output=True, timeout=timeout_s, check=False,
-        )  # fmt: skip
+            ["bash", "scripts/cluster.sh", action],
+            cwd=PROJECT_ROOT,
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
 
     def start(self, timeout_s: float = 1200) -> None:
         if self.external:

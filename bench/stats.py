@@ -5,6 +5,7 @@ Times are seconds in, milliseconds out (figures whose name ends in `_ms`). Nothi
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,6 +17,7 @@ FIGURES = (
     "ttft_p50_ms",
     "ttft_p95_ms",
     "itl_p50_ms",
+    "tpot_p50_ms",
     "e2e_p50_ms",
     "e2e_p95_ms",
     "output_tokens_per_s",
@@ -34,6 +36,7 @@ class RequestResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None  # a short kind: "http_503", "stream_error", "timeout", "short_output", ...
+    detail: str | None = None  # what the server said about the error, shortened
 
     @property
     def ok(self) -> bool:
@@ -66,7 +69,7 @@ def inter_token_latencies(chunk_times: Sequence[float]) -> list[float]:
 
     A chunk that coalesces several tokens counts as one gap, so stream batching shows up as fewer,
     longer gaps; `tokens_per_chunk` tells how much coalescing there was."""
-    return [later - earlier for earlier, later in zip(chunk_times, chunk_times[1:], strict=False)]
+    return [later - earlier for earlier, later in itertools.pairwise(chunk_times)]
 
 
 def time_per_output_token(ttft: float, e2e: float, completion_tokens: int) -> float | None:
@@ -74,6 +77,19 @@ def time_per_output_token(ttft: float, e2e: float, completion_tokens: int) -> fl
     if completion_tokens < 2:
         return None
     return (e2e - ttft) / (completion_tokens - 1)
+
+
+# A stream whose text chunks all arrive within this share of its end-to-end time was not streamed
+# but delivered in one burst: the server process was starved of CPU (or buffered), so its TTFT
+# says nothing about time to first token.
+BURST_SPAN_SHARE = 0.1
+BURST_MIN_CHUNKS = 8
+
+
+def is_burst(result: RequestResult) -> bool:
+    if len(result.chunk_times) < BURST_MIN_CHUNKS or result.e2e is None or result.e2e <= 0:
+        return False
+    return (result.chunk_times[-1] - result.chunk_times[0]) < BURST_SPAN_SHARE * result.e2e
 
 
 def _ms(value: float | None) -> float | None:
@@ -101,11 +117,13 @@ def summarize(results: Sequence[RequestResult], wall_s: float) -> dict[str, Any]
     tokens = sum(r.completion_tokens or 0 for r in ok)
     chunks = sum(len(r.chunk_times) for r in ok)
     error_kinds = Counter(r.error or "incomplete" for r in results if not r.ok)
+    examples = {r.error: r.detail for r in results if r.error and r.detail}
     return {
         "requests": len(results),
         "ok": len(ok),
         "errors": len(results) - len(ok),
         "error_kinds": dict(sorted(error_kinds.items())),
+        "error_examples": dict(sorted(examples.items())),
         "wall_s": round(wall_s, 3),
         "ttft_p50_ms": _ms(percentile(ttfts, 50)),
         "ttft_p95_ms": _ms(percentile(ttfts, 95)),
@@ -118,6 +136,7 @@ def summarize(results: Sequence[RequestResult], wall_s: float) -> dict[str, Any]
         "output_tokens_per_s": _rate(tokens, wall_s),
         "requests_per_s": _rate(len(ok), wall_s),
         "tokens_per_chunk": round(tokens / chunks, 3) if chunks else None,
+        "burst_share": round(sum(map(is_burst, ok)) / len(ok), 3) if ok else None,
         "prompt_tokens": sorted({r.prompt_tokens for r in ok if r.prompt_tokens is not None}),
     }
 
@@ -164,3 +183,20 @@ def critique_overhead(e2e_ms: float, step_latencies_ms: Sequence[float], total_l
         "outside_pipeline_ms": round(e2e_ms - total_latency_ms, 3),
         "target_met": (share is not None and share < 0.05) or (per_step is not None and per_step < 10),
     }
+
+
+def cost_split(
+    short: Mapping[str, float], long: Mapping[str, float], short_tokens: int, long_tokens: int
+) -> dict[str, dict[str, float]]:
+    """Per-process CPU ms per request and per streamed token, from the CPU ms per request of two
+    otherwise identical loads that differ only in output length (a line through two points)."""
+    if long_tokens <= short_tokens:
+        raise ValueError("long_tokens must exceed short_tokens")
+    split = {}
+    for process in short.keys() & long.keys():
+        per_token = (long[process] - short[process]) / (long_tokens - short_tokens)
+        split[process] = {
+            "per_request_ms": round(short[process] - per_token * short_tokens, 3),
+            "per_token_ms": round(per_token, 4),
+        }
+    return dict(sorted(split.items()))

@@ -162,13 +162,14 @@ class VLLMEngine:
     async def generate(
         self, prompt_token_ids: list[int], sampling: SamplingSpec, request_id: str
     ) -> AsyncIterator[EngineStep]:
+        from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         if self._engine is None:
             raise ServiceUnavailable("The model's engine is not running.", code="engine_not_running")
         try:
             params = self._sampling_params(sampling)
-        except ValueError as exc:
+        except (ValueError, VLLMClientError) as exc:
             raise InvalidRequest(f"Invalid sampling parameters: {exc}") from None
         try:
             async for output in self._engine.generate(
@@ -190,9 +191,13 @@ class VLLMEngine:
             raise ServiceUnavailable(
                 "The engine failed this request; retry it.", code="engine_error"
             ) from None
-        except ValueError as exc:
-            # vLLM's input checks (e.g. prompt too long) raise ValueError before any output.
+        except VLLMValidationError as exc:
+            raise InvalidRequest(f"The engine rejected the request: {exc}", param=exc.parameter) from None
+        except (ValueError, VLLMClientError) as exc:
+            # vLLM's input checks (e.g. prompt too long) raise before any output.
             raise InvalidRequest(f"The engine rejected the request: {exc}") from None
+        except GracefulHTTPError as exc:
+            raise ServiceUnavailable(exc.message, code="engine_busy") from None
 
     async def abort(self, request_id: str) -> None:
         if self._engine is not None:

@@ -40,8 +40,12 @@ def build_sampling(
             f"{prompt_tokens} tokens and leaves no room for output.",
             param="messages" if hasattr(request, "messages") else "prompt",
         )
-    if request.min_tokens and requested_max_tokens is not None and request.min_tokens > requested_max_tokens:
-        raise InvalidRequest("min_tokens must not exceed max_tokens", param="min_tokens")
+    if request.min_tokens > (requested_max_tokens or room):
+        raise InvalidRequest(
+            f"min_tokens {request.min_tokens} exceeds the {requested_max_tokens or room} tokens this "
+            "request may generate (max_tokens, or the context left)",
+            param="min_tokens",
+        )
     if requested_max_tokens is not None and requested_max_tokens > room:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {max_model_len} tokens. The prompt has "

@@ -10,8 +10,11 @@ not part of the running deployment always skips.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -280,3 +283,173 @@ def answer_text(data: dict[str, Any], allow_reasoning: bool = False) -> str:
     if allow_reasoning and not text:
         text = message.get("reasoning_content") or ""
     return text
+
+
+# ---------------------------------------------------------------- request outcomes (load, faults)
+
+DONE_EVENT = "data: [DONE]\n\n"
+# Outcome kinds. Tests decide which are acceptable: a load test wants only "ok" and 429 "rejected",
+# a fault test also accepts "stream_error" and 503 "rejected".
+OK, STREAM_ERROR, INCOMPLETE, REJECTED, ERROR_RESPONSE, BAD_BODY, TIMEOUT, CONNECTION_ERROR = (
+    "ok",
+    "stream_error",
+    "incomplete",
+    "rejected",
+    "error_response",
+    "bad_body",
+    "timeout",
+    "connection_error",
+)
+
+
+def valid_retry_after(value: str | None) -> bool:
+    """RFC 9110 Retry-After: delay-seconds or an HTTP date."""
+    if not value:
+        return False
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return True
+    from email.utils import parsedate_to_datetime
+
+    try:
+        parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def openai_error(body: Any) -> dict[str, Any] | None:
+    """The inner object of an OpenAI error body {"error": {"message", "type", "param", "code"}}, or None."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None
+    if not (isinstance(error.get("message"), str) and error["message"]):
+        return None
+    if not (isinstance(error.get("type"), str) and error["type"]):
+        return None
+    return error
+
+
+@dataclass
+class Outcome:
+    """How one HTTP request ended, classified; `detail` says why when it is not "ok"."""
+
+    kind: str
+    status: int | None = None
+    detail: str = ""
+    retry_after: str | None = None
+    error: dict[str, Any] | None = None
+    seconds: float = 0.0
+    usage: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.kind}({self.status}, {self.seconds:.1f}s): {self.detail}"[:400]
+
+
+def _sse_events(raw: str) -> list[Any]:
+    events: list[Any] = []
+    for line in raw.splitlines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[len("data:") :].strip()
+        events.append("[DONE]" if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def classify_stream(raw: str, max_tokens: int | None = None, n: int = 1) -> Outcome:
+    """A 200 SSE body: "ok" (complete, one finish_reason per choice, usage within max_tokens),
+    "stream_error" (an OpenAI error event, then [DONE]) or "incomplete" (anything else)."""
+    if not raw.endswith(DONE_EVENT):
+        return Outcome(INCOMPLETE, 200, f"does not end with [DONE]: {raw[-200:]!r}")
+    try:
+        events = _sse_events(raw)
+    except ValueError as exc:
+        return Outcome(INCOMPLETE, 200, f"undecodable event ({exc}): {raw[-200:]!r}")
+    if events.count("[DONE]") != 1 or not all(isinstance(e, dict) for e in events[:-1]):
+        return Outcome(INCOMPLETE, 200, f"bad event sequence: {raw[-300:]!r}")
+    errors = [e for e in events if isinstance(e, dict) and "error" in e]
+    if errors:
+        error = openai_error(errors[0])
+        if len(errors) != 1 or events[-2] is not errors[0] or error is None:
+            return Outcome(INCOMPLETE, 200, f"malformed error event: {raw[-300:]!r}")
+        return Outcome(STREAM_ERROR, 200, json.dumps(error), error=error)
+    chunks = [e for e in events if isinstance(e, dict)]
+    finishes: dict[int, list[str]] = {}
+    for chunk in chunks:
+        for choice in chunk.get("choices") or []:
+            if choice.get("finish_reason"):
+                finishes.setdefault(choice.get("index", 0), []).append(choice["finish_reason"])
+    if sorted(finishes) != list(range(n)) or any(
+        len(f) != 1 or f[0] not in ("stop", "length") for f in finishes.values()
+    ):
+        return Outcome(INCOMPLETE, 200, f"finish reasons {finishes} for n={n}")
+    usage = next((c["usage"] for c in reversed(chunks) if c.get("usage")), None)
+    if usage is not None:
+        completion = usage.get("completion_tokens")
+        if not isinstance(completion, int) or completion < 0:
+            return Outcome(INCOMPLETE, 200, f"bad usage {usage}")
+        if max_tokens is not None and completion > max_tokens * n:
+            return Outcome(INCOMPLETE, 200, f"usage {usage} exceeds max_tokens {max_tokens} x n {n}")
+    return Outcome(OK, 200, usage=usage)
+
+
+def classify_response(status: int, headers: httpx.Headers, raw: str) -> Outcome:
+    """A non-200 answer: "rejected" (OpenAI error with a valid Retry-After), "error_response"
+    (OpenAI error without one) or "bad_body" (not an OpenAI error object)."""
+    try:
+        error = openai_error(json.loads(raw))
+    except ValueError:
+        error = None
+    retry_after = headers.get("retry-after")
+    if error is None:
+        return Outcome(BAD_BODY, status, f"not an OpenAI error object: {raw[:200]!r}", retry_after)
+    kind = REJECTED if valid_retry_after(retry_after) else ERROR_RESPONSE
+    return Outcome(kind, status, json.dumps(error)[:300], retry_after, error)
+
+
+async def request_outcome(
+    http: httpx.AsyncClient,
+    path: str,
+    payload: dict[str, Any],
+    *,
+    total_timeout: float = STREAM_TIMEOUT,
+    first_chunk: asyncio.Event | None = None,
+) -> Outcome:
+    """POST `payload` (streaming or not), read the whole answer within `total_timeout`, classify it.
+
+    `first_chunk` is set when the first body bytes of a 200 arrive (or when the request ends), so a
+    caller can act while streams are in flight."""
+    started = time.monotonic()
+    max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
+    n = payload.get("n") or 1
+
+    async def read() -> Outcome:
+        async with http.stream("POST", path, json=payload) as response:
+            parts: list[bytes] = []
+            async for part in response.aiter_bytes():
+                parts.append(part)
+                if first_chunk is not None and response.status_code == 200:
+                    first_chunk.set()
+            raw = b"".join(parts).decode("utf-8", errors="replace")
+        if response.status_code != 200:
+            return classify_response(response.status_code, response.headers, raw)
+        if payload.get("stream"):
+            return classify_stream(raw, max_tokens, n)
+        try:
+            usage = json.loads(raw)["usage"]
+        except (ValueError, KeyError, TypeError):
+            return Outcome(INCOMPLETE, 200, f"undecodable 200 body: {raw[:200]!r}")
+        return Outcome(OK, 200, usage=usage)
+
+    try:
+        outcome = await asyncio.wait_for(read(), total_timeout)
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        outcome = Outcome(TIMEOUT, None, f"no complete answer within {total_timeout:.0f}s ({exc!r})")
+    except httpx.TransportError as exc:
+        outcome = Outcome(CONNECTION_ERROR, None, repr(exc))
+    finally:
+        if first_chunk is not None:
+            first_chunk.set()
+    outcome.seconds = time.monotonic() - started
+    return outcome

@@ -1,0 +1,160 @@
+"""Graceful update: redeploy a changed config while long streams are in flight.
+
+The change is the inference app's `args.limits.max_messages` (256 -> 8). `limits` is an argument of
+the ingress *and* of every model deployment (deployments/model_server.py `ModelServer.__init__(...,
+limits, ...)`; serve_app/app.py binds `args.limits`), so the ingress and both model replicas must be
+replaced (new engines). Observed with Ray 2.60: Serve gives *every* deployment of an application
+whose args changed a new version, so the ModelDirectory (same args) restarts too and its desired
+states start afresh (a model unloaded before the redeploy comes back loaded); the "tight" app is
+untouched. Old replicas finish their in-flight requests first (graceful_shutdown_timeout_s, 60 s).
+
+Asserted: streams started before the deploy, and streams started while it runs, all end with
+`data: [DONE]` and no error event; the new limit is in force afterwards; the service answers; exactly
+the predicted replicas were replaced. The original config is redeployed at the end (and checked).
+Both update times are printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from integration.support import D4_CRITIC, D4_GENERATOR, OK, Outcome, fetch_models, request_outcome
+
+from .cluster import (
+    APP,
+    SERVE_CONFIG,
+    deploy,
+    long_stream,
+    replica_pids,
+    running_config,
+    short_chat,
+    skip_or_fail,
+    wait_ready,
+)
+
+pytestmark = [pytest.mark.slow]
+
+MODELS = [D4_GENERATOR, D4_CRITIC]
+NEW_MAX_MESSAGES = 8
+STREAM_TOKENS = 1500  # several seconds each
+WAVE_EVERY_S = 10.0  # while the deploy runs, new long streams start this often
+
+
+def _app(config: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(a for a in config["applications"] if a["name"] == name)
+
+
+def _messages(count: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"message {i}"} for i in range(count)]
+
+
+def _comparable(app: dict[str, Any]) -> dict[str, Any]:
+    return {k: app.get(k) for k in ("name", "route_prefix", "import_path", "args")}
+
+
+async def _stream_wave(
+    http: httpx.AsyncClient, label: str, out: list[tuple[str, Outcome]], started: asyncio.Event | None = None
+) -> None:
+    firsts = [asyncio.Event() for _ in MODELS]
+    tasks = [
+        request_outcome(
+            http,
+            "/v1/chat/completions",
+            long_stream(model, STREAM_TOKENS),
+            total_timeout=300,
+            first_chunk=first,
+        )
+        for model, first in zip(MODELS, firsts, strict=True)
+    ]
+    gathered = asyncio.gather(*tasks)
+    if started is not None:
+        await asyncio.gather(*(f.wait() for f in firsts))
+        started.set()
+    for model, outcome in zip(MODELS, await gathered, strict=True):
+        out.append((f"{label} {model}", outcome))
+
+
+async def test_redeploy_with_streams_in_flight(
+    http: httpx.AsyncClient, serve_config: dict[str, Any], tmp_path: Path
+) -> None:
+    deployed = {c["id"] for c in fetch_models()["data"]}
+    if not set(MODELS) <= deployed:
+        pytest.skip(f"needs {MODELS} deployed; found {sorted(deployed)}")
+    running = {a["name"]: _comparable(a) for a in await running_config()}
+    expected = {a["name"]: _comparable(a) for a in serve_config["applications"]}
+    if running != expected:
+        skip_or_fail(f"the cluster does not run {SERVE_CONFIG}; refusing to redeploy over it: {running}")
+    await wait_ready(http, MODELS)
+
+    changed = copy.deepcopy(serve_config)
+    args = _app(changed, APP).setdefault("args", {})
+    old_max = args.setdefault("limits", {}).get("max_messages", 256)
+    assert old_max > NEW_MAX_MESSAGES + 1
+    args["limits"]["max_messages"] = NEW_MAX_MESSAGES
+    changed_path = tmp_path / "serve_config.changed.yaml"
+    changed_path.write_text(yaml.safe_dump(changed, sort_keys=False))
+
+    before = replica_pids(serve_config)
+    outcomes: list[tuple[str, Outcome]] = []
+    try:
+        # Streams in flight before the deploy starts.
+        in_flight = asyncio.Event()
+        first_wave = asyncio.ensure_future(_stream_wave(http, "before", outcomes, in_flight))
+        await asyncio.wait_for(in_flight.wait(), 60)
+
+        deploying = asyncio.ensure_future(deploy(changed_path))
+        waves: list[asyncio.Future[None]] = []
+        while not deploying.done():  # and streams started while the update runs
+            waves.append(
+                asyncio.ensure_future(
+                    _stream_wave(http, f"during+{len(waves) * WAVE_EVERY_S:.0f}s", outcomes)
+                )
+            )
+            await asyncio.wait([deploying], timeout=WAVE_EVERY_S)
+        update_s = deploying.result()
+        await asyncio.gather(first_wave, *waves)
+        after = replica_pids(serve_config)
+
+        print(f"\nupdate (max_messages {old_max} -> {NEW_MAX_MESSAGES}) took {update_s:.1f}s until ready")
+        print(f"stream outcomes: {Counter(o.kind for _, o in outcomes)}")
+        for label, outcome in outcomes:
+            print(f"  {label}: {outcome}")
+        replaced = sorted(k for k in before if before[k] != after.get(k))
+        kept = sorted(k for k in before if before[k] == after.get(k))
+        print(f"replicas replaced: {replaced}; kept: {kept}")
+
+        bad = [(label, str(o)) for label, o in outcomes if o.kind != OK]
+        assert not bad, f"streams that did not finish with [DONE] and no error event: {bad}"
+        for label, outcome in outcomes:
+            assert outcome.usage and outcome.usage["completion_tokens"] == STREAM_TOKENS, (label, outcome)
+
+        # The new config is in force, and the service answers.
+        await wait_ready(http, MODELS)
+        response = await http.post(
+            "/v1/chat/completions", json={**short_chat(MODELS[0]), "messages": _messages(9)}
+        )
+        assert response.status_code == 400, (
+            f"max_messages={NEW_MAX_MESSAGES} not in force: {response.text[:300]}"
+        )
+        assert response.json()["error"]["param"] == "messages", response.text
+
+        # Serve gives every deployment of an app whose args changed a new version, so all of the
+        # app's replicas restart, the ModelDirectory included (its desired states start afresh);
+        # other applications keep their processes.
+        predicted = {k for k in before if k.startswith(f"{APP}:")}
+        assert set(replaced) == predicted, f"replaced {replaced}, predicted {sorted(predicted)}"
+    finally:
+        restore_s = await deploy(SERVE_CONFIG)
+        await wait_ready(http, MODELS)
+        print(f"restoring {SERVE_CONFIG.name} took {restore_s:.1f}s until ready")
+    response = await http.post(
+        "/v1/chat/completions", json={**short_chat(MODELS[0]), "messages": _messages(9)}
+    )
+    assert response.status_code == 200, f"original max_messages not restored: {response.text[:300]}"
