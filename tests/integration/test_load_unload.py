@@ -261,15 +261,6 @@ async def test_unload_drains_in_flight_stream(http: httpx.AsyncClient, model: st
         await restore_loaded(model)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: a replica does not report while it drains (deployments/model_server.py _unload), so after "
-        "REPORT_TTL_S=15 s (deployments/model_directory.py) its report expires and the model shows "
-        "'unloaded' with replicas {} and unload answers 200 'unloaded' while streams are still running"
-    ),
-)
 async def test_unload_status_stays_unloading_during_long_drain(http: httpx.AsyncClient, model: str) -> None:
     """While requests admitted before the unload are still streaming, the model must not be reported
     unloaded, and POST unload must not answer 200 'unloaded', however long the drain takes (< 60 s)."""

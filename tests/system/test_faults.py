@@ -183,14 +183,6 @@ def test_bystander_kept_answering(engine_kill: KillRecord) -> None:
     assert set(statuses) == {200}, f"{BYSTANDER} during {VICTIM}'s recovery: {dict(statuses)}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: requests that fail before their first engine step hit RayEngineMetrics.tokens(0, 0) "
-    "(serve_app/serving/common.py observed() finally -> serve_app/metrics.py tokens()); Ray's "
-    "Counter.inc(0) raises ValueError, so a dead engine's EngineDeadError (503 engine_dead, "
-    "Retry-After) reaches clients as 500 internal_error, in streams and in plain responses",
-)
 def test_dead_engine_errors_are_503_not_500(engine_kill: KillRecord) -> None:
     stream_errors = [o.error for o in engine_kill.in_flight if o.kind == STREAM_ERROR and o.error]
     internal = [e for e in stream_errors if e.get("type") == "internal_error"]
