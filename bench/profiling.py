@@ -48,28 +48,39 @@ def niceness(value: int) -> Iterator[None]:
             print(f"(could not return to niceness {before}: later servers start at {value})")
 
 
-def find_processes(markers: dict[str, str], timeout_s: float = 15.0) -> dict[str, int]:
-    """{label: pid} of processes whose command line contains each marker. Ray rewrites a worker's
-    title while it runs a method (and truncates it), so this looks again until every marker is
-    found or `timeout_s` passes."""
+def _serve_logs(proc: psutil.Process) -> list[str]:
+    try:
+        return [Path(f.path).name for f in proc.open_files() if "/logs/serve/" in f.path]
+    except psutil.Error:
+        return []
+
+
+def find_processes(markers: dict[str, tuple[str, str]], timeout_s: float = 15.0) -> dict[str, int]:
+    """{label: pid} for markers {label: (title, serve log prefix)}: a process whose title contains
+    `title`, or that holds a Serve log file named `prefix*` open. Ray rewrites (and truncates) a
+    worker's title while it runs a method, so the log file is the reliable mark; this looks again
+    until every label is found or `timeout_s` passes."""
     found: dict[str, int] = {}
     deadline = time.monotonic() + timeout_s
     while True:
         for proc in psutil.process_iter(["pid", "cmdline"]):
-            cmdline = " ".join(proc.info.get("cmdline") or [])
-            for label, marker in markers.items():
-                if label not in found and marker in cmdline:
+            title = " ".join(proc.info.get("cmdline") or [])
+            if not title.startswith("ray::"):
+                continue
+            logs = _serve_logs(proc)
+            for label, (marker, prefix) in markers.items():
+                if label not in found and (marker in title or any(n.startswith(prefix) for n in logs)):
                     found[label] = proc.info["pid"]
         if len(found) == len(markers) or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
 
 
-def cluster_markers(app: str, model_id: str) -> dict[str, str]:
+def cluster_markers(app: str, model_id: str) -> dict[str, tuple[str, str]]:
     return {
-        "ingress": f"ServeReplica:{app}:ingress",
-        "model": f"ServeReplica:{app}:{model_id}",
-        "proxy": "ray::ProxyActor",
+        "ingress": (f"ServeReplica:{app}:ingress", f"replica_{app}_ingress_"),
+        "model": (f"ServeReplica:{app}:{model_id}", f"replica_{app}_{model_id}_"),
+        "proxy": ("ray::ProxyActor", "proxy_"),
     }
 
 

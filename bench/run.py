@@ -51,22 +51,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--config", type=Path, default=DEFAULT_CONFIG, help="serve config the engine settings come from")
     add("--bare-port", type=int, default=8300)
     add("--bare-nice", type=int, default=RAY_WORKER_NICENESS, help="bare vLLM's niceness (Ray workers': 15)")
-    add(
-        "--client-nice",
-        type=int,
-        help="the load generator's niceness (default: --bare-nice, so all are equal)",
-    )
+    add("--client-nice", type=int, help="the load generator's niceness (default: --bare-nice)")
     add("--critique-requests", type=int, help="critique requests (default 8, tiny 2; 0 = none)")
     add("--critique-rounds", type=int, help="critique rounds (default 2, tiny 1)")
     add("--write-docs", action=argparse.BooleanOptionalAction, help="docs/benchmarks.* (default: not tiny)")
     add("--json", type=Path, help="also write the figures to this JSON file")
     add("--profile-dir", type=Path, help="py-spy the servers' Python processes at the first level")
     add("--no-vllm-extensions", dest="extensions", action="store_false", help="omit min_tokens/ignore_eos")
-    add(
-        "--cost-split",
-        action=argparse.BooleanOptionalAction,
-        help="CPU per request/token (default: not tiny)",
-    )
+    add("--cost-split", action=argparse.BooleanOptionalAction, help="CPU per request/token (not tiny)")
     add("--timeout", type=float, default=300.0, help="per-request timeout, seconds")
     add("--render", type=Path, metavar="JSON", help="only re-render docs/benchmarks.* from a saved run")
     args = p.parse_args(argv)
@@ -163,13 +155,9 @@ class Runner:
             cpu_before, started = profiling.cpu_seconds(pids), time.monotonic()
             results, _, warm = asyncio.run(run_level(url, self.args.api_key, workload, self.prompts, seed=50))
             self.split_errors += sum(1 for r in results + warm if not r.ok)
-            per_request[tokens] = profiling.cpu_ms_per_request(
-                cpu_before,
-                profiling.cpu_seconds(pids),
-                len(results) + len(warm),
-                time.monotonic() - started,
-                idle,
-            )
+            cpu_after, elapsed = profiling.cpu_seconds(pids), time.monotonic() - started
+            count = len(results) + len(warm)
+            per_request[tokens] = profiling.cpu_ms_per_request(cpu_before, cpu_after, count, elapsed, idle)
         return cost_split(per_request[lengths[0]], per_request[lengths[1]], *lengths)
 
     def _profiled(self, name: str, prof: profiling.Profiler, requests: int) -> None:
@@ -215,10 +203,8 @@ class Runner:
                 self.meta["startup_s"]["cluster"] = round(cluster.startup_s, 1)
             cluster.check(a.model)
             models = asyncio.run(get_json(cluster.url, "/v1/models", a.api_key))
-            self.meta["cluster_preset"] = {
-                "name": models.get("preset"),
-                "models": [m["id"] for m in models["data"]],
-            }
+            served = [m["id"] for m in models["data"]]
+            self.meta["cluster_preset"] = {"name": models.get("preset"), "models": served}
             pids = profiling.find_processes(profiling.cluster_markers("inference", a.model))
             if "model" in pids:
                 self.meta["engine_workers"]["cluster"] = profiling.engine_workers(pids["model"])

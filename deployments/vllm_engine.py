@@ -35,6 +35,7 @@ class EngineConfig:
     enforce_eager: bool = False
     seed: int = 0
     cpu: bool = False
+    stream_interval: int = 1
 
 
 class VllmReasoningSplitter:
@@ -87,6 +88,7 @@ class VLLMEngine:
             enforce_eager=self.config.enforce_eager,
             seed=self.config.seed,
             disable_log_stats=False,
+            stream_interval=self.config.stream_interval,
             worker_extension_cls=AMX_EXTENSION if self.config.cpu else "",
         )
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger

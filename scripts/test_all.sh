@@ -38,6 +38,12 @@ SERVE_CONFIG=tests/serve_config.test.yaml READY_PATHS="/health/ready /tight/heal
 echo "==> starting the LiteLLM gateway"
 bash scripts/gateway/start.sh
 
-echo "==> integration tests"
-INFERENCE_REQUIRE_SERVICE=1 INFERENCE_REQUIRE_GATEWAY=1 INFERENCE_DEFAULT_PRESET=D4 \
-  python -m pytest tests/integration -v -p no:cacheprovider --durations=15
+export INFERENCE_REQUIRE_SERVICE=1 INFERENCE_REQUIRE_GATEWAY=1 INFERENCE_DEFAULT_PRESET=D4
+export INFERENCE_METRICS_URL=${INFERENCE_METRICS_URL:-http://127.0.0.1:${RAY_METRICS_PORT:-9101}/metrics}
+echo "==> integration tests (HTTP only; the same suite runs against any deployment)"
+python -m pytest tests/integration -v -p no:cacheprovider --durations=15
+
+# Last, because they are destructive (engine kill, redeploys) though they restore the cluster:
+# fault recovery, graceful update, memory freed by unload, and the benchmark's tiny run.
+echo "==> system tests (local process access)"
+python -m pytest tests/system -v -p no:cacheprovider --durations=10

@@ -47,6 +47,7 @@ def engine_config(spec: ModelSpec, args: AppArgs) -> EngineConfig:
             reasoning_parser=spec.reasoning_parser,
             enforce_eager=True,
             cpu=True,
+            stream_interval=args.stream_interval,
         )
     return EngineConfig(
         model_path=spec.hf_source,
@@ -56,6 +57,7 @@ def engine_config(spec: ModelSpec, args: AppArgs) -> EngineConfig:
         gpu_memory_utilization=spec.gpu_memory_utilization,
         quantization=spec.quantization,
         reasoning_parser=spec.reasoning_parser,
+        stream_interval=args.stream_interval,
     )
 
 

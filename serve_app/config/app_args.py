@@ -62,6 +62,15 @@ class AppArgs(Strict):
         default_factory=dict,
         description="Per-model replacements of the catalog's serving block (admission, autoscaling).",
     )
+    stream_interval: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "vLLM's stream_interval: after the first token (always sent at once), stream every N "
+            "tokens. Each chunk crosses two Ray hops, so N > 1 trades smoothness for throughput."
+        ),
+    )
     critique_step_timeout_s: float = Field(
         120, gt=0, description="Timeout of one model call inside a pipeline."
     )
