@@ -76,6 +76,8 @@ def bare_vllm_command(config_path: Path, model_id: str, port: int, api_key: str 
         argv += ["--worker-extension-cls", AMX_EXTENSION]
     if config.quantization:
         argv += ["--quantization", config.quantization]
+    if getattr(config, "stream_interval", 1) != 1:
+        argv += ["--stream-interval", str(config.stream_interval)]
     if config.reasoning_parser:
         argv += ["--reasoning-parser", config.reasoning_parser]
     if api_key:
