@@ -48,3 +48,9 @@ python -m pytest tests/integration -v -p no:cacheprovider --durations=15
 # fault recovery, graceful update, memory freed by unload, and the benchmark's tiny run.
 echo "==> system tests (local process access)"
 python -m pytest tests/system -v -p no:cacheprovider --durations=10
+
+# The four catalog models D4 leaves out, as preset E4 (ensemble), so every catalog id answers.
+echo "==> redeploying as preset E4 (phi-4, granite-8b-code-128k, llama-3.2-3b, phi-3-medium-128k)"
+SERVE_CONFIG=tests/serve_config.e4.yaml READY_PATHS="/health/ready" bash scripts/cluster.sh deploy
+INFERENCE_DEFAULT_PRESET=E4 python -m pytest -v -p no:cacheprovider \
+  tests/integration/test_model_connectivity.py tests/integration/test_preset_mode.py
