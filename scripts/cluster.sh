@@ -36,7 +36,7 @@ start() {
 # replaces only the deployments whose code or arguments changed; their old replicas finish their
 # in-flight requests first (graceful_shutdown_timeout_s).
 deploy() {
-  echo "==> deploying $CONFIG (preset ${INFERENCE_DEFAULT_PRESET:-from config})"
+  echo "==> deploying $CONFIG"
   serve deploy "$CONFIG" >"$RUN_DIR/serve-deploy.log" 2>&1 || { cat "$RUN_DIR/serve-deploy.log"; exit 1; }
   local started=$SECONDS
   all_ready() {
