@@ -78,8 +78,19 @@ def replica_processes(deployment: str, app: str = APP) -> list[psutil.Process]:
     return found
 
 
-def one_replica(deployment: str, app: str = APP) -> psutil.Process:
+def one_replica(deployment: str, app: str = APP, settle_s: float = 10.0) -> psutil.Process:
+    """The deployment's one replica process.
+
+    Scanned again for up to `settle_s`: Ray rewrites a worker's title in place at the start and
+    end of every task (`ray::ServeReplica:<app>:<deployment>.<method>`), and a read that lands
+    while it does so sees a partial title. CI once found no replica that way right after a
+    redeploy (tests/system/test_unload_memory.py, 2026-11-28).
+    """
+    deadline = time.monotonic() + settle_s
     replicas = replica_processes(deployment, app)
+    while len(replicas) != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        replicas = replica_processes(deployment, app)
     assert len(replicas) == 1, f"expected one replica process of {app}:{deployment}, found {replicas}"
     return replicas[0]
 
@@ -113,16 +124,36 @@ def tree_rss_mb(process: psutil.Process) -> float:
     return total / 2**20
 
 
-def replica_pids(config: dict[str, Any]) -> dict[str, int | None]:
-    """`app:deployment` -> replica PID for every deployment of the config's apps (None: not found)."""
+def replica_pids(config: dict[str, Any], scans: int = 3) -> dict[str, int | None]:
+    """`app:deployment` -> replica PID for every deployment of the config's apps (None: not found).
+
+    The union of a few scans, because a title read mid-rewrite is missed (see `one_replica`).
+    """
+    pids: dict[str, int | None] = {}
+    for scan in range(scans):
+        if scan:
+            time.sleep(0.2)
+        for key, pid in _replica_pids_once(config).items():
+            pids.setdefault(key, pid)
+    return pids
+
+
+def _replica_pids_once(config: dict[str, Any]) -> dict[str, int | None]:
     pids: dict[str, int | None] = {}
     for process in psutil.process_iter():
         title = _title(process)
         if title.startswith("ray::ServeReplica:"):
             app, _, deployment = title[len("ray::ServeReplica:") :].partition(":")
             if app in {a["name"] for a in config["applications"]}:
-                pids[f"{app}:{deployment}"] = process.pid
+                pids[f"{app}:{_without_method(deployment)}"] = process.pid
     return pids
+
+
+def _without_method(deployment: str) -> str:
+    """`qwen2.5-7b.handle_request` -> `qwen2.5-7b`: the title names the running method too (the
+    catalog's ids have dots, but none ends in an identifier)."""
+    name, dot, method = deployment.rpartition(".")
+    return name if dot and method.isidentifier() else deployment
 
 
 # ---------------------------------------------------------------- cluster.sh and serve CLI
