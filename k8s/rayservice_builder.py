@@ -100,6 +100,10 @@ def _env() -> list[dict[str, Any]]:
             "valueFrom": {"secretKeyRef": {"name": API_KEYS_SECRET, "key": "admin-key", "optional": True}},
         },
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+        # Ray Serve's high-throughput mode, as scripts/cluster.sh runs it (docs/benchmarks.md):
+        # HAProxy on the Serve port, the ingress replica serving HTTP itself, gRPC between replicas.
+        {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
+        {"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "1"},
     ]
 
 

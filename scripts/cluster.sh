@@ -16,6 +16,14 @@ READY_PATHS=${READY_PATHS:-/health/ready}
 RUN_DIR=${RUN_DIR:-.run}
 export PATH="$PWD/$VENV/bin:$PATH"
 export RAY_USAGE_STATS_ENABLED=0
+# Ray Serve's high-throughput mode (Ray >= 2.56; docs/benchmarks.md measures it): HAProxy (C) on
+# the Serve port instead of Ray's Python HTTP proxy, the ingress replica serving HTTP itself
+# (direct ingress), gRPC between replicas. Read by `ray start`, so they apply to a new cluster;
+# set both to 0 for the classic Python proxy.
+export RAY_SERVE_ENABLE_HA_PROXY=${RAY_SERVE_ENABLE_HA_PROXY:-1}
+export RAY_SERVE_THROUGHPUT_OPTIMIZED=${RAY_SERVE_THROUGHPUT_OPTIMIZED:-1}
+# HAProxy's own stats listener defaults to 9101, Ray's metrics port here.
+export RAY_SERVE_HAPROXY_METRICS_PORT=${RAY_SERVE_HAPROXY_METRICS_PORT:-9102}
 # Ray 2.60 clusters require a token; the head and the serve CLI share one kept in the run dir.
 mkdir -p "$RUN_DIR"
 export RAY_AUTH_MODE=token
@@ -24,7 +32,8 @@ export RAY_AUTH_TOKEN_PATH="$PWD/$RUN_DIR/ray_auth_token"
 
 start() {
   if ! ray status >/dev/null 2>&1; then
-    echo "==> starting Ray head (metrics on :$METRICS_PORT, dashboard on :8265)"
+    echo "==> starting Ray head (metrics on :$METRICS_PORT, dashboard on :8265;" \
+      "HAProxy ingress ${RAY_SERVE_ENABLE_HA_PROXY}, throughput-optimized ${RAY_SERVE_THROUGHPUT_OPTIMIZED})"
     ray start --head --disable-usage-stats --metrics-export-port="$METRICS_PORT" \
       --dashboard-host=127.0.0.1 --include-dashboard=true >"$RUN_DIR/ray-start.log" 2>&1 \
       || { cat "$RUN_DIR/ray-start.log"; exit 1; }

@@ -4,6 +4,7 @@ model or a pipeline. Route handlers in `routes.py` only parse, call this, and re
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +27,12 @@ from serve_app.protocol import (
 )
 
 STATUS_CACHE_S = 1.0
+# Past this age a status copy is not served while it refreshes: the caller waits (and sees the error
+# if the ModelDirectory cannot be reached).
+STATUS_STALE_MAX_S = 10.0
 POLL_S = 0.5
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,15 +60,36 @@ class InferenceService:
         self.directory = directory
         self.metrics = metrics or NoMetrics()
         self._status: dict[str, dict[str, Any]] = {}
-        self._status_at = 0.0
+        self._status_at = self._status_asked = 0.0
+        self._status_refresh: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ model state
 
     async def _statuses(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
-        if fresh or time.monotonic() - self._status_at > STATUS_CACHE_S:
-            self._status = await self.directory.all_status.remote()
-            self._status_at = time.monotonic()
+        """Every model's state from the ModelDirectory.
+
+        `fresh` (load/unload) always asks the directory. Otherwise a copy under STATUS_CACHE_S old
+        is used as is, and an older one (up to STATUS_STALE_MAX_S) while a background task
+        refreshes it, so that a pipeline request never waits for a directory round trip."""
+        age = time.monotonic() - self._status_at
+        if fresh or age > STATUS_STALE_MAX_S:
+            await self._refresh_status()
+        elif age > STATUS_CACHE_S and self._status_refresh is None:
+            self._status_refresh = asyncio.create_task(self._refresh_status())
+            self._status_refresh.add_done_callback(self._status_refreshed)
         return self._status
+
+    async def _refresh_status(self) -> None:
+        asked = time.monotonic()
+        status = await self.directory.all_status.remote()
+        if asked >= self._status_asked:  # else a later question was answered first: keep that
+            self._status, self._status_at, self._status_asked = status, time.monotonic(), asked
+
+    def _status_refreshed(self, task: asyncio.Task[None]) -> None:
+        self._status_refresh = None
+        if not task.cancelled() and task.exception() is not None:
+            # The copy stays until STATUS_STALE_MAX_S, when a caller waits and sees the error.
+            logger.warning("refreshing model states failed: %r", task.exception())
 
     def _card(self, model_id: str, status: dict[str, Any]) -> ModelCard:
         spec = self.catalog.get(model_id)

@@ -127,6 +127,25 @@ def test_targets_at_concurrency_1_and_32() -> None:
     assert result["ttft_p50_overhead_ms"]["value"] == pytest.approx(6.5)
     assert result["ttft_p50_overhead_ms"]["met"] is False
     assert result["throughput_ratio"] == {"concurrency": 32, "value": 0.93, "min": 0.9, "met": True}
+    assert result["ttft_p50_overhead_ms"]["basis"] == "streams at concurrency 1"
+
+
+def test_ttft_target_falls_back_to_one_token_requests_when_streams_burst() -> None:
+    systems = {
+        "bare": {"1": {"ttft_p50_ms": 70.0, "burst_share": 0.8}},
+        "cluster": {"1": {"ttft_p50_ms": 12.0, "burst_share": 0.0}},
+    }
+    first_token = {"bare": {"ttft_p50_ms": 8.0}, "cluster": {"ttft_p50_ms": 11.0}}
+    bursty = report.targets(systems, {}, first_token)["ttft_p50_overhead_ms"]
+    assert bursty["value"] == pytest.approx(3.0) and bursty["met"] is True
+    assert bursty["basis"] == "1-token requests at concurrency 1"
+    assert "from 1-token requests" in report.console(
+        {"systems": systems, "targets": {"ttft_p50_overhead_ms": bursty}}
+    )
+
+    systems["bare"]["1"]["burst_share"] = 0.1  # valid streams: their TTFT counts
+    streamed = report.targets(systems, {}, first_token)["ttft_p50_overhead_ms"]
+    assert streamed["value"] == pytest.approx(-58.0) and streamed["basis"] == "streams at concurrency 1"
 
 
 def test_markdown_block_replaces_only_the_generated_part(tmp_path) -> None:

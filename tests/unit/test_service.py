@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -349,3 +350,23 @@ async def test_load_and_unload_routes_poll_the_directory(d4, fast_polling: None)
         missing = await client.post("/v1/models/gpt-4o/load")
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
     assert directory.set_desired.calls == [(GEN, "loaded"), (CRITIC, "unloaded")]
+
+
+async def test_stale_model_status_is_served_while_it_refreshes(d4, monkeypatch: pytest.MonkeyPatch) -> None:
+    service, directory, _, _ = d4(states={GEN: ["ready", "unloaded"], CRITIC: "ready"})
+    assert (await service.get_model(GEN)).status == "ready"
+    monkeypatch.setattr(service_module, "STATUS_CACHE_S", 0.0)
+    # Stale: answered from the copy at once, while one background refresh asks the directory.
+    assert (await service.get_model(GEN)).status == "ready"
+    assert (await service.get_model(GEN)).status == "ready"
+    await asyncio.sleep(0.01)
+    assert len(directory.all_status.calls) == 2
+    assert (await service.get_model(GEN)).status == "unloaded"
+
+
+async def test_too_old_model_status_is_waited_for(d4, monkeypatch: pytest.MonkeyPatch) -> None:
+    service, directory, _, _ = d4(states={GEN: ["ready", "unloaded"], CRITIC: "ready"})
+    await service.get_model(GEN)
+    monkeypatch.setattr(service_module, "STATUS_STALE_MAX_S", 0.0)
+    assert (await service.get_model(GEN)).status == "unloaded"
+    assert len(directory.all_status.calls) == 2
