@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -25,6 +26,7 @@ from serve_app.protocol import (
 from serve_app.serving.chat import ChatServing
 from serve_app.serving.completion import CompletionServing
 from serve_app.sse import encode_event
+from serve_app.stream_batching import batch_events
 
 logger = logging.getLogger("ray.serve")
 
@@ -41,8 +43,10 @@ class ModelServer:
         engine_config: EngineConfig,
         limits: RequestLimits,
         directory: DeploymentHandle,
+        stream_batch_s: float = 0.0,
     ):
         self.model_id = model_id
+        self.stream_batch_s = stream_batch_s
         self.engine = VLLMEngine(engine_config)
         self.limits = limits
         self.directory = directory
@@ -157,8 +161,13 @@ class ModelServer:
         self._admit()
         self.inflight += 1
         try:
-            async for chunk in await self.chat_serving.stream(request, request_id):
-                yield encode_event(chunk) if encoded else chunk
+            chunks = await self.chat_serving.stream(request, request_id)
+            if encoded:
+                async for events in batch_events(_encoded(chunks), self.stream_batch_s):
+                    yield events
+            else:  # a pipeline step: its chunk objects, unbatched
+                async for chunk in chunks:
+                    yield chunk
         finally:
             self.inflight -= 1
 
@@ -174,10 +183,16 @@ class ModelServer:
         self._admit()
         self.inflight += 1
         try:
-            async for chunk in await self.completion_serving.stream(request, request_id):
-                yield encode_event(chunk)
+            chunks = await self.completion_serving.stream(request, request_id)
+            async for events in batch_events(_encoded(chunks), self.stream_batch_s):
+                yield events
         finally:
             self.inflight -= 1
 
     def status(self) -> dict[str, Any]:
         return {"model": self.model_id, "state": self.state, "error": self.error, "inflight": self.inflight}
+
+
+async def _encoded(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+    async for chunk in chunks:
+        yield encode_event(chunk)

@@ -94,7 +94,9 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
             ray_actor_options=actor_options(spec, args),
             **args.serving_overrides.get(model_id, spec.serving).deployment_options(),
         )
-        handles[model_id] = deployment.bind(model_id, engine_config(spec, args), args.limits, directory)
+        handles[model_id] = deployment.bind(
+            model_id, engine_config(spec, args), args.limits, directory, args.stream_batch_ms / 1000
+        )
     ingress_cpus = CPU_INGRESS_CPUS if args.profile == "cpu" else GPU_INGRESS_CPUS
     ingress = serve.deployment(Ingress).options(  # type: ignore[attr-defined]
         name="ingress",

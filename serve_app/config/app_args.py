@@ -71,6 +71,17 @@ class AppArgs(Strict):
             "tokens. Each chunk crosses two Ray hops, so N > 1 trades smoothness for throughput."
         ),
     )
+    stream_batch_ms: float = Field(
+        0,
+        ge=0,
+        le=200,
+        description=(
+            "After a stream's first event (sent at once), the model replica sends the SSE events "
+            "ready within this window as one Ray item; each event is still one OpenAI chunk. "
+            "0 sends every event as its own item. Cuts Ray's per-item streaming cost at a "
+            "bounded delay (serve_app/stream_batching.py)."
+        ),
+    )
     critique_step_timeout_s: float = Field(
         120, gt=0, description="Timeout of one model call inside a pipeline."
     )

@@ -1,0 +1,90 @@
+"""Stream batching on real engines (README "Serve's high-throughput mode and stream_batch_ms").
+
+The config the cluster runs says whether the inference app batches (`args.stream_batch_ms`) and the
+tight app (none set) does not. One long stream from each, read off the socket as it arrives:
+
+* every event is still one chunk object, and the completion has every token;
+* with batching the events arrive in under a quarter as many network reads as there are events
+  (the time from the role chunk to the first token is printed; that the first token is not held
+  back is tests/unit/test_stream_batching.py's, timing-free);
+* without it (the tight app) in more than a quarter, which shows the first assertion measures
+  the batching and not the network.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from integration.support import BASE_URL, D4_GENERATOR, auth_headers
+
+from .cluster import APP, long_stream, skip_or_fail, wait_ready
+
+pytestmark = [pytest.mark.slow]
+
+TOKENS = 400
+TIGHT_APP, TIGHT_MODEL = "tight", "llama-3.2-3b"
+
+
+def _app(config: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(a for a in config["applications"] if a["name"] == name)
+
+
+async def _read_stream(client: httpx.AsyncClient, path: str, model: str) -> tuple[list[dict], int, float]:
+    """(chunk objects, network reads that carried events, seconds from the role chunk to the first
+    token)."""
+    events: list[dict] = []
+    reads, buffer = 0, ""
+    arrival: list[float] = []
+    async with client.stream("POST", path, json=long_stream(model, TOKENS)) as response:
+        assert response.status_code == 200, (await response.aread())[:300]
+        async for text in response.aiter_text():
+            buffer += text
+            *complete, buffer = buffer.split("\n\n")
+            fresh = [e for e in complete if e.startswith("data: ") and e != "data: [DONE]"]
+            if fresh:
+                reads += 1
+            for event in fresh:
+                events.append(json.loads(event[len("data: ") :]))
+                arrival.append(time.monotonic())
+    first_token = next(i for i, e in enumerate(events) if _text(e))
+    return events, reads, arrival[first_token] - arrival[0]
+
+
+def _text(event: dict) -> str | None:
+    return event["choices"][0]["delta"].get("content") if event["choices"] else None
+
+
+async def test_batched_stream_keeps_every_event_in_fewer_reads(
+    http: httpx.AsyncClient, serve_config: dict[str, Any]
+) -> None:
+    window_ms = float(_app(serve_config, APP)["args"].get("stream_batch_ms", 0))
+    if window_ms <= 0:
+        skip_or_fail(f"the {APP} app of the config does not batch streams (args.stream_batch_ms)")
+    await wait_ready(http, [D4_GENERATOR])
+    events, reads, first_gap = await _read_stream(http, "/v1/chat/completions", D4_GENERATOR)
+    content = [e for e in events if _text(e) is not None]
+    usage = events[-1]["usage"]
+    assert usage["completion_tokens"] == TOKENS
+    assert all(len(e["choices"]) <= 1 for e in events), "an event must stay one chunk object"
+    assert len(content) >= TOKENS * 0.9, f"{len(content)} content events for {TOKENS} tokens"
+    print(
+        f"\n{len(events)} events in {reads} reads (window {window_ms} ms); "
+        f"role chunk -> first token {first_gap * 1000:.1f} ms"
+    )
+    assert reads < len(events) / 4, f"{len(events)} events arrived in {reads} reads: not batched"
+
+
+async def test_unbatched_app_sends_events_one_by_one(serve_config: dict[str, Any]) -> None:
+    tight = _app(serve_config, TIGHT_APP)
+    if float(tight["args"].get("stream_batch_ms", 0)) > 0:
+        pytest.skip("the tight app batches too; nothing to compare with")
+    base = BASE_URL.rstrip("/") + tight["route_prefix"]
+    async with httpx.AsyncClient(base_url=base, headers=auth_headers(), timeout=120) as client:
+        await wait_ready(client, [TIGHT_MODEL])
+        events, reads, _ = await _read_stream(client, "/v1/chat/completions", TIGHT_MODEL)
+    print(f"\nunbatched: {len(events)} events in {reads} reads")
+    assert reads > len(events) / 4, f"{len(events)} events in only {reads} reads without batching"
