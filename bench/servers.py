@@ -124,7 +124,8 @@ RAY_WORKER_NICENESS = 15
 
 
 class BareVllm:
-    """`python -m vllm.entrypoints.openai.api_server` in its own process group, log to a file."""
+    """`python -m vllm.entrypoints.openai.api_server` in its own process group (the caller's
+    session), log to a file."""
 
     def __init__(
         self,
@@ -153,8 +154,7 @@ class BareVllm:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=self._renice,
+                preexec_fn=self._own_group_reniced,
             )
         try:
             self.startup_s = wait_until(
@@ -167,8 +167,13 @@ class BareVllm:
             sys.stderr.write(tail(self.log_path))
             raise
 
-    def _renice(self) -> None:  # runs in the child before exec; the parent may be niced already
-        os.nice(max(0, self.niceness - os.nice(0)))
+    def _own_group_reniced(self) -> None:  # runs in the child before exec
+        # Its own process group, so that stop() reaches the engine core and workers too, but not
+        # its own session: with the kernel's autogroup scheduling a new session is a new
+        # scheduling group, and there, at nice 15, vLLM's busy-polling engine core starved the
+        # API server, which then sent most streams in one burst at the end (docs/benchmarks.md).
+        os.setpgid(0, 0)
+        os.nice(max(0, self.niceness - os.nice(0)))  # the parent may be niced already
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
