@@ -1,6 +1,6 @@
 """Time-window batching of an SSE stream: fewer, larger items across Ray's per-item streaming.
 
-Each SSE event stays one OpenAI chunk object (one token per chunk, as without batching); only the
+Each SSE event stays the OpenAI chunk object it was (one engine step's tokens); only the
 events that are ready within one window travel together, as one string, so the client's SSE parser
 sees exactly the same events. The first `immediate` events go out at once (a chat stream's role
 chunk and its first token), so TTFT is unchanged; after that an event waits at most `window_s` (a
