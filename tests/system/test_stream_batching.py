@@ -35,7 +35,10 @@ def _app(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _greedy(model: str, stream: bool) -> dict[str, Any]:
-    return {**long_stream(model, TOKENS), "temperature": 0, "stream": stream}
+    body = {**long_stream(model, TOKENS), "temperature": 0, "stream": stream}
+    if not stream:
+        del body["stream_options"]
+    return body
 
 
 async def _read_stream(client: httpx.AsyncClient, path: str, model: str) -> tuple[list[dict], int, float]:
