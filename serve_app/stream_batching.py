@@ -28,9 +28,7 @@ async def _pump(source: AsyncIterator[str], queue: asyncio.Queue[str | _End | Ba
         queue.put_nowait(_End())
 
 
-async def batch_events(
-    source: AsyncIterator[str], window_s: float, immediate: int = 2
-) -> AsyncIterator[str]:
+async def batch_events(source: AsyncIterator[str], window_s: float, immediate: int = 2) -> AsyncIterator[str]:
     """`source`'s SSE strings, those that arrive within `window_s` of a flush joined into one."""
     if window_s <= 0:
         async for event in source:
