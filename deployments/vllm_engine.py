@@ -7,6 +7,7 @@ vLLM installed, and constructing a `VLLMEngine` has no side effects.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ class VLLMEngine:
         self.max_model_len = config.max_model_len
         self._engine: Any = None
         self._tokenizer: Any = None
+        self._request_tokenizer: Any = None
         self._parser_cls: Any = None
         self.vocab_size: int | None = None
 
@@ -100,6 +102,10 @@ class VLLMEngine:
             AsyncLLM.from_engine_args, args, stat_loggers=[RayPrometheusStatLogger]
         )
         self._tokenizer = self._engine.get_tokenizer()
+        # Our own copy for templating and tokenizing requests: long prompts are tokenized in a
+        # worker thread (Serving._off_loop) while vLLM's detokenizer uses its instance on the
+        # event loop, and a Hugging Face fast tokenizer must not be used by two threads at once.
+        self._request_tokenizer = copy.deepcopy(self._tokenizer)
         self.vocab_size = len(self._tokenizer)
         if self.config.reasoning_parser:
             from vllm.reasoning import ReasoningParserManager
@@ -128,11 +134,12 @@ class VLLMEngine:
         await self._engine.check_health()
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        tokenizer = self._request_tokenizer
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer.encode(text, add_special_tokens=False))
 
     def tokenize(self, text: str) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=True))
+        return list(self._request_tokenizer.encode(text, add_special_tokens=True))
 
     def reasoning_splitter(self) -> VllmReasoningSplitter | None:
         if self._parser_cls is None:

@@ -235,6 +235,10 @@ class ChatCompletionRequest(SamplingFields):
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def text_chars(self) -> int:
+        """How much text the chat template and tokenizer must get through."""
+        return sum(len(m.text()) for m in self.messages)
+
     def orchestration_request(self) -> OrchestrationRequest:
         requested = self.orchestration or OrchestrationRequest()
         if self.orchestration_mode and requested.mode is None:
@@ -328,6 +332,10 @@ class CompletionRequest(SamplingFields):
         if value is not None and value != info.data.get("n", 1):
             raise ValueError("best_of other than n is not supported")
         return value
+
+    def text_chars(self) -> int:
+        """How much text the tokenizer must get through (token-id prompts need none)."""
+        return sum(len(p) for p in self.prompts() if isinstance(p, str))
 
     def prompts(self) -> list[str] | list[list[int]]:
         prompt = self.prompt

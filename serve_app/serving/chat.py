@@ -73,7 +73,7 @@ class ChatServing(Serving):
         return prompt, sampling
 
     async def create(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
-        prompt, sampling = self._prepare(request)
+        prompt, sampling = await self._off_loop(self._prepare, request, request.text_chars())
         choices = [ChoiceState() for _ in range(request.n)]
         prompt_tokens = len(prompt)
         async for step in self._generate(prompt, sampling, request_id):
@@ -113,7 +113,7 @@ class ChatServing(Serving):
         self, request: ChatCompletionRequest, request_id: str
     ) -> AsyncIterator[ChatCompletionChunk]:
         """Yield OpenAI chunks. Validation errors raise before the first chunk is produced."""
-        prompt, sampling = self._prepare(request)
+        prompt, sampling = await self._off_loop(self._prepare, request, request.text_chars())
         return self._stream(request, request_id, prompt, sampling)
 
     async def _stream(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from serve_app.config.app_args import RequestLimits
@@ -15,7 +16,12 @@ from serve_app.protocol import SamplingFields
 from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = TypeVar("P")
 logger = logging.getLogger("ray.serve")
+
+# Requests whose text is longer than this are templated and tokenized off the event loop.
+PREPARE_IN_THREAD_CHARS = 32_768
 
 # OpenAI's defaults where the request leaves a parameter out.
 DEFAULT_TEMPERATURE = 1.0
@@ -157,6 +163,25 @@ class Serving:
         self.limits = limits
         self.vocab_size = vocab_size
         self.metrics = metrics or NoMetrics()
+        self._prepare_thread: ThreadPoolExecutor | None = None  # made on first use
+        self._prepare_jobs = 0
+
+    async def _off_loop(self, prepare: Callable[[R], P], request: R, text_chars: int) -> P:
+        """`prepare(request)` (chat template, tokenizer, validation), inline when small.
+
+        A long prompt (a 128k-context model's) takes the tokenizer 100 ms or more, which would
+        stall every other stream of this replica, so it runs in one worker thread; while such a
+        job is pending, small ones queue behind it there too, so that the engine's tokenizer is
+        never used by two threads at once."""
+        if text_chars < PREPARE_IN_THREAD_CHARS and self._prepare_jobs == 0:
+            return prepare(request)
+        if self._prepare_thread is None:
+            self._prepare_thread = ThreadPoolExecutor(1, thread_name_prefix=f"prepare-{self.model_id}")
+        self._prepare_jobs += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._prepare_thread, prepare, request)
+        finally:
+            self._prepare_jobs -= 1
 
     def _check_n(self, n: int) -> None:
         if n > self.limits.max_n:

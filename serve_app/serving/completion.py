@@ -73,7 +73,7 @@ class CompletionServing(Serving):
         ]
 
     async def create(self, request: CompletionRequest, request_id: str) -> CompletionResponse:
-        prepared = self._prepare(request)
+        prepared = await self._off_loop(self._prepare, request, request.text_chars())
         n = request.n
         texts = [""] * (len(prepared.prompts) * n)
         finish: list[str | None] = [None] * len(texts)
@@ -110,7 +110,7 @@ class CompletionServing(Serving):
         )
 
     async def stream(self, request: CompletionRequest, request_id: str) -> AsyncIterator[CompletionChunk]:
-        prepared = self._prepare(request)
+        prepared = await self._off_loop(self._prepare, request, request.text_chars())
         return self._stream(request, request_id, prepared)
 
     async def _stream(

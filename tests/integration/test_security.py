@@ -264,6 +264,30 @@ async def test_requests_at_the_bounds_are_served(
     assert response.status_code == 200, response.text[:300]
 
 
+async def test_long_prompt_is_answered_cleanly_while_short_ones_are_served(
+    client: httpx.AsyncClient, model_id: str
+) -> None:
+    """A prompt of ~70k characters (templated and tokenized off the replica's event loop, since it
+    takes the tokenizer ~0.1 s) ends as an answer or as context_length_exceeded, and short requests
+    sent at the same time are served."""
+    long_body = {
+        "model": model_id,
+        "messages": [{"role": "user", "content": "lorem ipsum " * 6000}],
+        "max_tokens": 2,
+    }
+    short_body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    long_response, *short = await asyncio.gather(
+        client.post("/v1/chat/completions", json=long_body),
+        *(client.post("/v1/chat/completions", json=short_body) for _ in range(4)),
+    )
+    if long_response.status_code == 400:
+        error = ResponseValidator.validate_error(long_response, 400)
+        assert error["code"] == "context_length_exceeded", long_response.text
+    else:
+        assert long_response.status_code == 200, long_response.text[:300]
+    assert [r.status_code for r in short] == [200] * 4, [r.text[:200] for r in short]
+
+
 # ---------------------------------------------------------------- no internal text in errors
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from serve_app.config import RequestLimits
 from serve_app.errors import ContextLengthExceeded, InvalidRequest
 from serve_app.protocol import ChatCompletionChunk, ChatCompletionRequest
 from serve_app.serving.chat import ChatServing
+from serve_app.serving.common import PREPARE_IN_THREAD_CHARS
 
 from ..fakes import FakeEngine, FakeMetrics
 
@@ -312,3 +315,54 @@ async def test_continuous_usage_stats_is_honoured_or_rejected() -> None:
         return  # rejected: fine
     content_chunks = [c for c in chunks[1:] if c.choices]
     assert content_chunks and all(c.usage is not None for c in content_chunks)
+
+
+# ---------------------------------------------------------------- long prompts off the event loop
+
+
+class FakeThreadRecordingEngine(FakeEngine):
+    """A FakeEngine that notes which thread templated each prompt, and can hold one there."""
+
+    def __init__(self, hold: threading.Event | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hold = hold
+        self.threads: list[tuple[int, int]] = []  # (thread id, characters)
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        chars = sum(len(m["content"]) for m in messages)
+        self.threads.append((threading.get_ident(), chars))
+        if self.hold is not None and chars >= PREPARE_IN_THREAD_CHARS:
+            assert self.hold.wait(5), "test did not release the held prompt"
+        return super().chat_prompt(messages)
+
+
+def long_chat() -> ChatCompletionRequest:
+    words = "word " * (PREPARE_IN_THREAD_CHARS // 5 + 1)
+    return ChatCompletionRequest.model_validate(
+        {"model": "fake-model", "messages": [{"role": "user", "content": words}], "max_tokens": 2}
+    )
+
+
+async def test_short_prompts_are_prepared_on_the_loop_long_ones_in_a_thread() -> None:
+    engine = FakeThreadRecordingEngine(max_model_len=100_000)
+    serving_ = ChatServing(engine, "fake-model", LIMITS, vocab_size=VOCAB)
+    await serving_.create(chat(), "short")
+    await serving_.create(long_chat(), "long")
+    (short_thread, _), (long_thread, _) = engine.threads
+    assert short_thread == threading.get_ident()
+    assert long_thread != threading.get_ident()
+
+
+async def test_while_a_long_prompt_is_prepared_short_ones_queue_behind_it_and_the_loop_runs() -> None:
+    hold = threading.Event()
+    engine = FakeThreadRecordingEngine(hold=hold, max_model_len=100_000)
+    serving_ = ChatServing(engine, "fake-model", LIMITS, vocab_size=VOCAB)
+    long_task = asyncio.ensure_future(serving_.create(long_chat(), "long"))
+    await asyncio.sleep(0.05)  # the long one is now held in the worker thread
+    short_task = asyncio.ensure_future(serving_.create(chat(), "short"))
+    await asyncio.sleep(0.05)
+    assert not short_task.done(), "a short prompt must not use the tokenizer while the long one does"
+    hold.set()
+    await asyncio.gather(long_task, short_task)
+    threads = {chars >= PREPARE_IN_THREAD_CHARS: ident for ident, chars in engine.threads}
+    assert threads[True] == threads[False] != threading.get_ident()
