@@ -163,7 +163,7 @@ class ModelServer:
         try:
             chunks = await self.chat_serving.stream(request, request_id)
             if encoded:
-                async for events in batch_events(_encoded(chunks), self.stream_batch_s):
+                async for events in self._sse(chunks):
                     yield events
             else:  # a pipeline step: its chunk objects, unbatched
                 async for chunk in chunks:
@@ -184,10 +184,14 @@ class ModelServer:
         self.inflight += 1
         try:
             chunks = await self.completion_serving.stream(request, request_id)
-            async for events in batch_events(_encoded(chunks), self.stream_batch_s):
+            async for events in self._sse(chunks):
                 yield events
         finally:
             self.inflight -= 1
+
+    def _sse(self, chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+        """The chunks as SSE events, those ready within `stream_batch_s` joined into one item."""
+        return batch_events(_encoded(chunks), self.stream_batch_s)
 
     def status(self) -> dict[str, Any]:
         return {"model": self.model_id, "state": self.state, "error": self.error, "inflight": self.inflight}

@@ -171,7 +171,7 @@ class Serving:
 
         A long prompt (a 128k-context model's) takes the tokenizer 100 ms or more, which would
         stall every other stream of this replica, so it runs in one worker thread; while such a
-        job is pending, small ones queue behind it there too, so that the engine's tokenizer is
+        job is pending, small ones queue behind it there too, so that the request tokenizer is
         never used by two threads at once."""
         if text_chars < PREPARE_IN_THREAD_CHARS and self._prepare_jobs == 0:
             return prepare(request)

@@ -156,6 +156,11 @@ def _without_method(deployment: str) -> str:
     return name if dot and method.isidentifier() else deployment
 
 
+def app_config(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The application `name` of a serve config."""
+    return next(a for a in config["applications"] if a["name"] == name)
+
+
 # ---------------------------------------------------------------- cluster.sh and serve CLI
 
 

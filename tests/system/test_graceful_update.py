@@ -30,6 +30,7 @@ from integration.support import D4_CRITIC, D4_GENERATOR, OK, Outcome, fetch_mode
 from .cluster import (
     APP,
     SERVE_CONFIG,
+    app_config,
     deploy,
     long_stream,
     replica_pids,
@@ -45,10 +46,6 @@ MODELS = [D4_GENERATOR, D4_CRITIC]
 NEW_MAX_MESSAGES = 8
 STREAM_TOKENS = 1500  # several seconds each
 WAVE_EVERY_S = 10.0  # while the deploy runs, new long streams start this often
-
-
-def _app(config: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(a for a in config["applications"] if a["name"] == name)
 
 
 def _messages(count: int) -> list[dict[str, str]]:
@@ -94,7 +91,7 @@ async def test_redeploy_with_streams_in_flight(
     await wait_ready(http, MODELS)
 
     changed = copy.deepcopy(serve_config)
-    args = _app(changed, APP).setdefault("args", {})
+    args = app_config(changed, APP).setdefault("args", {})
     old_max = args.setdefault("limits", {}).get("max_messages", 256)
     assert old_max > NEW_MAX_MESSAGES + 1
     args["limits"]["max_messages"] = NEW_MAX_MESSAGES

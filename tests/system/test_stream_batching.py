@@ -22,16 +22,12 @@ import httpx
 import pytest
 from integration.support import BASE_URL, D4_GENERATOR, auth_headers
 
-from .cluster import APP, long_stream, skip_or_fail, wait_ready
+from .cluster import APP, app_config, long_stream, skip_or_fail, wait_ready
 
 pytestmark = [pytest.mark.slow]
 
 TOKENS = 400
 TIGHT_APP, TIGHT_MODEL = "tight", "llama-3.2-3b"
-
-
-def _app(config: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(a for a in config["applications"] if a["name"] == name)
 
 
 def _greedy(model: str, stream: bool) -> dict[str, Any]:
@@ -69,7 +65,7 @@ def _text(event: dict) -> str | None:
 async def test_batched_stream_keeps_every_event_in_fewer_reads(
     http: httpx.AsyncClient, serve_config: dict[str, Any]
 ) -> None:
-    window_ms = float(_app(serve_config, APP)["args"].get("stream_batch_ms", 0))
+    window_ms = float(app_config(serve_config, APP)["args"].get("stream_batch_ms", 0))
     if window_ms <= 0:
         skip_or_fail(f"the {APP} app of the config does not batch streams (args.stream_batch_ms)")
     await wait_ready(http, [D4_GENERATOR])
@@ -89,7 +85,7 @@ async def test_batched_stream_keeps_every_event_in_fewer_reads(
 
 
 async def test_unbatched_app_sends_events_one_by_one(serve_config: dict[str, Any]) -> None:
-    tight = _app(serve_config, TIGHT_APP)
+    tight = app_config(serve_config, TIGHT_APP)
     if float(tight["args"].get("stream_batch_ms", 0)) > 0:
         pytest.skip("the tight app batches too; nothing to compare with")
     base = BASE_URL.rstrip("/") + tight["route_prefix"]
