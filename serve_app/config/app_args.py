@@ -54,7 +54,13 @@ class AppArgs(Strict):
     presets_dir: str = Field("presets", description="Directory of preset YAML files.")
     catalog_path: str = Field("presets/catalog.yaml", description="The model catalog YAML.")
     ingress: ServingOptions = Field(
-        default_factory=lambda: ServingOptions(max_ongoing_requests=256, max_queued_requests=512),
+        # 90 s of graceful shutdown: behind HAProxy (Serve's high-throughput mode) a stopping
+        # ingress replica still accepts requests for Ray's 30 s deregistration window
+        # (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S), and a stream admitted at its end must
+        # still get the models' 60 s to finish.
+        default_factory=lambda: ServingOptions(
+            max_ongoing_requests=256, max_queued_requests=512, graceful_shutdown_timeout_s=90
+        ),
         description="Ray Serve admission settings of the ingress deployment.",
     )
     limits: RequestLimits = Field(default_factory=RequestLimits, description="Request size limits.")

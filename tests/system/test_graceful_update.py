@@ -6,7 +6,8 @@ limits, ...)`; serve_app/app.py binds `args.limits`), so the ingress and both mo
 replaced (new engines). Observed with Ray 2.60: Serve gives *every* deployment of an application
 whose args changed a new version, so the ModelDirectory (same args) restarts too and its desired
 states start afresh (a model unloaded before the redeploy comes back loaded); the "tight" app is
-untouched. Old replicas finish their in-flight requests first (graceful_shutdown_timeout_s, 60 s).
+untouched. Old replicas finish their in-flight requests first (graceful_shutdown_timeout_s: models 60 s,
+the ingress 90 s, since behind HAProxy it still accepts requests for 30 s after it starts stopping).
 
 Asserted: streams started before the deploy, and streams started while it runs, all end with
 `data: [DONE]` and no error event; the new limit is in force afterwards; the service answers; exactly
