@@ -15,6 +15,9 @@ READY_TIMEOUT=${CLUSTER_READY_TIMEOUT:-900}
 READY_PATHS=${READY_PATHS:-/health/ready}
 RUN_DIR=${RUN_DIR:-.run}
 export PATH="$PWD/$VENV/bin:$PATH"
+# Ray's workers import the application from this checkout (not whichever checkout the venv was
+# installed from, e.g. another git worktree sharing the venv).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export RAY_USAGE_STATS_ENABLED=0
 # Ray Serve's high-throughput mode (Ray >= 2.56; docs/benchmarks.md measures it): HAProxy (C) on
 # the Serve port instead of Ray's Python HTTP proxy, the ingress replica serving HTTP itself
