@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -9,6 +10,8 @@ from ray import serve
 
 from serve_app.config import AppArgs, Catalog, Preset
 from serve_app.config.fit import ModelFit
+from serve_app.draining import InflightRequests, watch_for_stop
+from serve_app.errors import restarting
 from serve_app.http_guard import KeyPolicy
 from serve_app.metrics import RayRequestMetrics
 from serve_app.model_client import HandleModelClient
@@ -21,7 +24,7 @@ ADMIN_KEY_ENV = "INFERENCE_ADMIN_KEY"
 
 @serve.ingress()
 class Ingress:
-    def __init__(
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits async constructors
         self,
         args: AppArgs,
         catalog: Catalog,
@@ -34,6 +37,24 @@ class Ingress:
         self.metrics = RayRequestMetrics()
         self.service = InferenceService(args, catalog, preset, fits, clients, directory, self.metrics)
         self.policy = KeyPolicy.from_env_values(os.environ.get(API_KEY_ENV), os.environ.get(ADMIN_KEY_ENV))
+        self.inflight = InflightRequests()
+        replica_id = serve.get_replica_context().replica_id.unique_id
+        budget = args.ingress.graceful_shutdown_timeout_s
+
+        async def is_stopping() -> bool:
+            return bool(await directory.is_stopping.remote(replica_id))
+
+        async def on_cut() -> None:
+            self.inflight.cut(
+                restarting(
+                    f"the service's ingress replica is shutting down and its {budget:g} s drain ran out",
+                    "service_restarting",
+                )
+            )
+
+        self._stop_watch = asyncio.create_task(
+            watch_for_stop(is_stopping, budget, args.shutdown_cut_margin_s, on_cut)
+        )
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_api(self.service, self.policy, self.metrics)
+        return build_api(self.service, self.policy, self.metrics, self.inflight)

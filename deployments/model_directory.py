@@ -7,14 +7,22 @@ every replica, including ones the autoscaler adds later. One replica of this dep
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ray import serve
 
 from serve_app.protocol import ModelState
 
 REPORT_TTL_S = 15.0
+# How often the directory reads replica states from Serve's controller (one call per application).
+STOPPING_POLL_S = 1.0
+
+logger = logging.getLogger("ray.serve")
 
 
 @dataclass
@@ -75,10 +83,64 @@ def aggregate_state(desired: str, counts: dict[str, int]) -> ModelState:
     return "loading"
 
 
+def stopping_replica_ids(details: dict[str, Any], app_name: str) -> set[str]:
+    """The replicas of `app_name` that Serve is stopping, from the controller's instance details
+    (the schema of Serve's REST API, `ServeInstanceDetails`)."""
+    app = details.get("applications", {}).get(app_name) or {}
+    return {
+        replica["replica_id"]
+        for deployment in (app.get("deployments") or {}).values()
+        for replica in deployment.get("replicas") or []
+        if replica.get("state") == "STOPPING"
+    }
+
+
+class StoppingReplicas:
+    """Which replicas of one application Serve is stopping, refreshed in the background.
+
+    Serve has no hook at the start of a replica's graceful stop, so replicas ask here (through
+    `ModelDirectory.is_stopping`), and one poll of the controller serves them all."""
+
+    def __init__(self, read_details: Callable[[], Awaitable[dict[str, Any]]], app_name: str):
+        self._read = read_details
+        self._app = app_name
+        self.ids: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def ensure_polling(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                self.ids = stopping_replica_ids(await self._read(), self._app)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("reading replica states from Serve's controller failed", exc_info=True)
+            await asyncio.sleep(STOPPING_POLL_S)
+
+
+async def read_serve_details() -> dict[str, Any]:
+    # The controller call behind `serve status` and the dashboard's Serve page (Serve has no public
+    # in-cluster API for replica states; the REST API would need the dashboard's token).
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    assert client is not None  # raises itself when no controller runs
+    return await client._controller.get_serve_instance_details.remote()
+
+
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
 class ModelDirectory:
     def __init__(self, model_ids: list[str]):
         self._state = ModelDirectoryState(model_ids)
+        self._stopping = StoppingReplicas(read_serve_details, serve.get_replica_context().app_name)
+
+    async def is_stopping(self, replica_id: str) -> bool:
+        self._stopping.ensure_polling()
+        return replica_id in self._stopping.ids
 
     def set_desired(self, model_id: str, desired: str) -> None:
         self._state.set_desired(model_id, desired)

@@ -1,9 +1,11 @@
-"""One Ray Serve deployment per catalog model, each owning one vLLM engine per replica."""
+"""One Ray Serve deployment per catalog model, each owning one vLLM engine per replica.
+
+The Ray shell only: state, drain and admission live in `ModelReplica` (deployments/model_replica.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,9 +13,9 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.model_replica import DrainBudgets, ModelReplica
 from deployments.vllm_engine import EngineConfig, VLLMEngine
 from serve_app.config.app_args import RequestLimits
-from serve_app.errors import ModelNotLoaded, ServiceUnavailable
 from serve_app.metrics import RayEngineMetrics
 from serve_app.protocol import (
     ChatCompletionChunk,
@@ -23,15 +25,21 @@ from serve_app.protocol import (
     CompletionResponse,
     ModelState,
 )
-from serve_app.serving.chat import ChatServing
-from serve_app.serving.completion import CompletionServing
 from serve_app.sse import encode_event
 from serve_app.stream_batching import batch_events
 
-logger = logging.getLogger("ray.serve")
 
-RECONCILE_PERIOD_S = 1.0
-DRAIN_TIMEOUT_S = 60.0
+class HandleDirectoryClient:
+    """The ModelDirectory deployment, reached through its handle."""
+
+    def __init__(self, handle: DeploymentHandle):
+        self.handle = handle
+
+    async def report(self, model_id: str, replica_id: str, state: ModelState, error: str | None) -> str:
+        return await self.handle.report.remote(model_id, replica_id, state, error)
+
+    async def is_stopping(self, replica_id: str) -> bool:
+        return await self.handle.is_stopping.remote(replica_id)
 
 
 class ModelServer:
@@ -43,158 +51,75 @@ class ModelServer:
         engine_config: EngineConfig,
         limits: RequestLimits,
         directory: DeploymentHandle,
+        budgets: DrainBudgets,
         stream_batch_s: float = 0.0,
     ):
-        self.model_id = model_id
         self.stream_batch_s = stream_batch_s
-        self.engine = VLLMEngine(engine_config)
-        self.limits = limits
-        self.directory = directory
-        self.state: ModelState = "unloaded"
-        self.error: str | None = None
-        self.inflight = 0
-        self.metrics = RayEngineMetrics()
-        self._transition = asyncio.Lock()
-        self.replica_id = serve.get_replica_context().replica_id.unique_id
-        desired = await self._report()
-        if desired == "loaded":
-            await self._load()
-            if self.state == "failed":
-                await self._report()
-                raise RuntimeError(f"engine of {model_id} failed to start: {self.error}")
-        self._reconciler = asyncio.create_task(self._reconcile_forever())
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def _report(self) -> str:
-        return await self.directory.report.remote(self.model_id, self.replica_id, self.state, self.error)
-
-    async def _load(self) -> None:
-        async with self._transition:
-            if self.state == "ready":
-                return
-            self.state, self.error = "loading", None
-            await self._report()
-            try:
-                await self.engine.start()
-            except Exception as exc:  # reported as the model's state; the replica stays up
-                logger.exception("engine of %s failed to start", self.model_id)
-                self.state, self.error = "failed", f"engine failed to start: {type(exc).__name__}"
-                await self.engine.shutdown()
-                return
-            vocab = self.engine.vocab_size
-            self.chat_serving = ChatServing(self.engine, self.model_id, self.limits, vocab, self.metrics)
-            self.completion_serving = CompletionServing(
-                self.engine, self.model_id, self.limits, vocab, self.metrics
-            )
-            self.state = "ready"
-            logger.info("engine of %s ready on replica %s", self.model_id, self.replica_id)
-
-    async def _unload(self) -> None:
-        async with self._transition:
-            if self.state not in ("ready", "failed"):
-                return
-            self.state = "unloading"
-            await self._report()
-            waited = 0.0
-            while self.inflight and waited < DRAIN_TIMEOUT_S:
-                await asyncio.sleep(0.2)
-                waited += 0.2
-            await self.engine.shutdown()
-            self.state = "unloaded"
-            logger.info("engine of %s unloaded on replica %s", self.model_id, self.replica_id)
-
-    async def _reconcile_forever(self) -> None:
-        # Reporting doubles as the heartbeat, so it must never wait on a transition (a drain can
-        # take a minute): transitions run as their own task, one at a time.
-        transition: asyncio.Task[None] | None = None
-        while True:
-            try:
-                desired = await self._report()
-                idle = transition is None or transition.done()
-                if idle and desired == "unloaded" and self.state in ("ready", "failed"):
-                    transition = asyncio.create_task(self._unload())
-                elif idle and desired == "loaded" and self.state == "unloaded":
-                    transition = asyncio.create_task(self._load())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("reconciling %s failed; retrying", self.model_id)
-            await asyncio.sleep(RECONCILE_PERIOD_S)
+        self.replica = ModelReplica(
+            model_id,
+            serve.get_replica_context().replica_id.unique_id,
+            VLLMEngine(engine_config),
+            limits,
+            HandleDirectoryClient(directory),
+            budgets,
+            RayEngineMetrics(),
+        )
+        await self.replica.start()
+        self._tasks = [
+            asyncio.create_task(self.replica.reconcile_forever()),
+            asyncio.create_task(self.replica.watch_for_stop()),
+        ]
 
     async def check_health(self) -> None:
-        # An engine that died on its own (not unloaded by us) makes Ray replace this replica.
-        if self.state == "ready" and not self.engine.is_running():
-            raise RuntimeError(f"engine of {self.model_id} is dead")
-        if self.state == "ready":
-            await self.engine.check_health()
+        await self.replica.check_health()
 
     async def __del__(self) -> None:
-        await self.engine.shutdown()
-
-    def _admit(self) -> None:
-        if self.state == "ready":
-            return
-        if self.state in ("unloaded", "unloading"):
-            raise ModelNotLoaded(
-                f"Model {self.model_id} is unloaded; load it with POST /v1/models/{self.model_id}/load."
-            )
-        raise ServiceUnavailable(
-            f"Model {self.model_id} is {self.state}; retry shortly.", code="model_loading"
-        )
+        for task in self._tasks:
+            task.cancel()
+        await self.replica.engine.shutdown()
 
     # ------------------------------------------------------------------ requests
 
     async def chat_completion(
         self, request: ChatCompletionRequest, request_id: str
     ) -> ChatCompletionResponse:
-        self._admit()
-        self.inflight += 1
-        try:
-            return await self.chat_serving.create(request, request_id)
-        finally:
-            self.inflight -= 1
+        with self.replica.admitted():
+            return await self.replica.serving()[0].create(request, request_id)
 
     async def chat_completion_stream(
         self, request: ChatCompletionRequest, request_id: str, encoded: bool = True
     ) -> AsyncIterator[str | ChatCompletionChunk]:
-        self._admit()
-        self.inflight += 1
-        try:
-            chunks = await self.chat_serving.stream(request, request_id)
+        with self.replica.admitted():
+            chunks = await self.replica.serving()[0].stream(request, request_id)
             if encoded:
                 async for events in self._sse(chunks):
                     yield events
             else:  # a pipeline step: its chunk objects, unbatched
                 async for chunk in chunks:
                     yield chunk
-        finally:
-            self.inflight -= 1
 
     async def completion(self, request: CompletionRequest, request_id: str) -> CompletionResponse:
-        self._admit()
-        self.inflight += 1
-        try:
-            return await self.completion_serving.create(request, request_id)
-        finally:
-            self.inflight -= 1
+        with self.replica.admitted():
+            return await self.replica.serving()[1].create(request, request_id)
 
     async def completion_stream(self, request: CompletionRequest, request_id: str) -> AsyncIterator[str]:
-        self._admit()
-        self.inflight += 1
-        try:
-            chunks = await self.completion_serving.stream(request, request_id)
+        with self.replica.admitted():
+            chunks = await self.replica.serving()[1].stream(request, request_id)
             async for events in self._sse(chunks):
                 yield events
-        finally:
-            self.inflight -= 1
 
     def _sse(self, chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
         """The chunks as SSE events, those ready within `stream_batch_s` joined into one item."""
         return batch_events(_encoded(chunks), self.stream_batch_s)
 
     def status(self) -> dict[str, Any]:
-        return {"model": self.model_id, "state": self.state, "error": self.error, "inflight": self.inflight}
+        replica = self.replica
+        return {
+            "model": replica.model_id,
+            "state": replica.state,
+            "error": replica.error,
+            "inflight": replica.inflight,
+        }
 
 
 async def _encoded(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:

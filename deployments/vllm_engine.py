@@ -75,6 +75,7 @@ class VLLMEngine:
         self._request_tokenizer: Any = None
         self._parser_cls: Any = None
         self.vocab_size: int | None = None
+        self._live: set[str] = set()  # engine request ids being generated, for abort_all
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -180,6 +181,7 @@ class VLLMEngine:
             params = self._sampling_params(sampling)
         except (ValueError, VLLMClientError) as exc:
             raise InvalidRequest(f"Invalid sampling parameters: {exc}") from None
+        self._live.add(request_id)
         try:
             async for output in self._engine.generate(
                 {"prompt_token_ids": prompt_token_ids}, params, request_id=request_id
@@ -207,10 +209,19 @@ class VLLMEngine:
             raise InvalidRequest(f"The engine rejected the request: {exc}") from None
         except GracefulHTTPError as exc:
             raise ServiceUnavailable(exc.message, code="engine_busy") from None
+        finally:
+            self._live.discard(request_id)
 
     async def abort(self, request_id: str) -> None:
         if self._engine is not None:
             await self._engine.abort(request_id)
+
+    async def abort_all(self) -> int:
+        """Abort every request being generated; each ends with a final "abort" step."""
+        live = list(self._live)
+        if self._engine is not None and live:
+            await self._engine.abort(live)
+        return len(live)
 
     def _sample(self, output: Any, top_k: int) -> SampleDelta:
         logprobs = None

@@ -7,6 +7,7 @@ binds one deployment per model, the model directory, and the ingress that holds 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from ray import serve
@@ -14,6 +15,7 @@ from ray.serve import Application
 
 from deployments.ingress import Ingress
 from deployments.model_directory import ModelDirectory
+from deployments.model_replica import DrainBudgets
 from deployments.model_server import ModelServer
 from deployments.vllm_engine import EngineConfig
 from serve_app.config import (
@@ -24,6 +26,7 @@ from serve_app.config import (
     load_catalog,
     load_preset,
 )
+from serve_app.config.budgets import check_drain_budgets, deregistration_window_s
 
 logger = logging.getLogger("ray.serve")
 
@@ -78,6 +81,9 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
     unknown = set(args.serving_overrides) - set(preset.models)
     if unknown:
         raise ConfigError(f"serving_overrides name models outside preset {preset.name}: {sorted(unknown)}")
+    serving = {m: args.serving_overrides.get(m, catalog.get(m).serving) for m in preset.models}
+    # Serve's environment variables are those `ray start` had, which the builder's process shares.
+    check_drain_budgets(args, serving, deregistration_window_s(os.environ))
     if args.profile == "cpu" and not args.cpu.checkpoint_path().joinpath("config.json").is_file():
         raise FileNotFoundError(
             f"CPU profile checkpoint missing at {args.cpu.checkpoint_path()}; "
@@ -92,10 +98,15 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
         deployment = serve.deployment(ModelServer).options(  # type: ignore[attr-defined]
             name=model_id,
             ray_actor_options=actor_options(spec, args),
-            **args.serving_overrides.get(model_id, spec.serving).deployment_options(),
+            **serving[model_id].deployment_options(),
+        )
+        budgets = DrainBudgets(
+            unload_s=serving[model_id].unload_drain_s(),
+            shutdown_s=serving[model_id].graceful_shutdown_timeout_s,
+            margin_s=args.shutdown_cut_margin_s,
         )
         handles[model_id] = deployment.bind(
-            model_id, engine_config(spec, args), args.limits, directory, args.stream_batch_ms / 1000
+            model_id, engine_config(spec, args), args.limits, directory, budgets, args.stream_batch_ms / 1000
         )
     ingress_cpus = CPU_INGRESS_CPUS if args.profile == "cpu" else GPU_INGRESS_CPUS
     ingress = serve.deployment(Ingress).options(  # type: ignore[attr-defined]

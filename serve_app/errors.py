@@ -114,6 +114,24 @@ class ServiceUnavailable(ServiceError):
     retry_after_s = 5
 
 
+class RequestAborted(ServiceUnavailable):
+    """The engine stopped a request before it finished (vLLM's finish reason "abort", which is not
+    OpenAI's): the replica turns it into the reason it stopped the request, if it did."""
+
+    code = "request_aborted"
+
+
+def restarting(what: str, code: str, retry_after_s: int = 5) -> ServiceUnavailable:
+    """The error that ends a request still open when its replica's drain budget runs out."""
+    error = ServiceUnavailable(
+        f"The request was stopped because {what}; nothing more will be sent. "
+        f"Retry in {retry_after_s} s; another replica will serve it.",
+        code=code,
+    )
+    error.retry_after_s = retry_after_s
+    return error
+
+
 class UpstreamTimeout(ServiceError):
     status = 504
     type = "timeout_error"

@@ -6,6 +6,7 @@ untouched and a client disconnect reaches the model call as a cancellation.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
+from serve_app.draining import InflightRequests
 from serve_app.errors import PayloadTooLarge, ServiceError, Unauthorized
 from serve_app.metrics import NoMetrics, RequestMetrics
 
@@ -100,12 +102,18 @@ KNOWN_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/healt
 
 class HttpGuard:
     def __init__(
-        self, app: ASGIApp, policy: KeyPolicy, max_body_bytes: int, metrics: RequestMetrics | None = None
+        self,
+        app: ASGIApp,
+        policy: KeyPolicy,
+        max_body_bytes: int,
+        metrics: RequestMetrics | None = None,
+        inflight: InflightRequests | None = None,
     ):
         self.app = app
         self.policy = policy
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics or NoMetrics()
+        self.inflight = inflight or InflightRequests()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,11 +144,31 @@ class HttpGuard:
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 raise PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
+            with self.inflight.counted():
+                await self._until_cut(scope, self._limited(receive), send_with_id, lambda: status != 0)
         except ServiceError as error:
             note_error(scope, error)
             await send_error(send_with_id, error)
+
+    async def _until_cut(
+        self, scope: Scope, receive: Receive, send: Send, responding: Callable[[], bool]
+    ) -> None:
+        """Run the app; if this replica's drain budget runs out before the response has started, end
+        the request with the cut's 503 (a started stream ends itself: routes.stream_response)."""
+        app = asyncio.ensure_future(self.app(scope, receive, send))
+        cut = asyncio.ensure_future(self.inflight.wait_cut())
+        try:
+            await asyncio.wait({app, cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cut.cancel()
+        if app.done() or responding():
+            await app
             return
-        await self.app(scope, self._limited(receive), send_with_id)
+        app.cancel()
+        await asyncio.gather(app, return_exceptions=True)
+        if responding():  # the app answered while it was being cancelled
+            return
+        raise cut.result()
 
     def _limited(self, receive: Receive) -> Receive:
         """Enforce the body limit on bodies sent without Content-Length (chunked) as they arrive."""

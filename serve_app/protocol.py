@@ -80,7 +80,8 @@ class Usage(Response):
         )
 
 
-FinishReason = Literal["stop", "length", "abort", "error"]
+# OpenAI's finish reasons; vLLM's "abort" never reaches a client (serving/common.py `observed`).
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
 class SamplingFields(Request):

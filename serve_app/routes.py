@@ -12,6 +12,7 @@ from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.draining import InflightRequests
 from serve_app.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -73,11 +74,14 @@ def install_error_handlers(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(Exception, _translated)
 
 
-async def stream_response(events: AsyncIterator[str], request: Request) -> StreamingResponse:
+async def stream_response(
+    events: AsyncIterator[str], request: Request, inflight: InflightRequests
+) -> StreamingResponse:
     """Start an SSE response only once the first event exists, so early errors keep their status;
-    later errors become an error event, and every stream ends with [DONE]."""
+    later errors (the drain's cut among them) become an error event, and every stream ends with
+    [DONE]."""
     rid = request_id(request)
-    iterator = aiter(events)
+    iterator = aiter(inflight.stream(events))
     try:
         first: str | None = await anext(iterator)
     except StopAsyncIteration:
@@ -103,7 +107,10 @@ def _load_response(result: LoadResult) -> JSONResponse:
 
 
 def build_api(
-    service: InferenceService, policy: KeyPolicy, metrics: RequestMetrics | None = None
+    service: InferenceService,
+    policy: KeyPolicy,
+    metrics: RequestMetrics | None = None,
+    inflight: InflightRequests | None = None,
 ) -> HttpGuard:
     """The ingress's ASGI app: the FastAPI routes behind `HttpGuard`.
 
@@ -116,6 +123,7 @@ def build_api(
         version="0.1.0",
     )
     install_error_handlers(app, service.args.limits.max_body_bytes)
+    inflight = inflight or InflightRequests()
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -150,7 +158,7 @@ def build_api(
         note_model(request.scope, body.model)
         result = await service.chat(body, request_id(request))
         if isinstance(result, AsyncIterator):
-            return await stream_response(result, request)
+            return await stream_response(result, request, inflight)
         return JSONResponse(result.model_dump(exclude_none=True))
 
     @app.post("/v1/completions")
@@ -158,7 +166,7 @@ def build_api(
         note_model(request.scope, body.model)
         result = await service.completion(body, request_id(request))
         if isinstance(result, AsyncIterator):
-            return await stream_response(result, request)
+            return await stream_response(result, request, inflight)
         return JSONResponse(result.model_dump(exclude_none=True))
 
-    return HttpGuard(app, policy, service.args.limits.max_body_bytes, metrics)
+    return HttpGuard(app, policy, service.args.limits.max_body_bytes, metrics, inflight)

@@ -91,6 +91,15 @@ class AppArgs(Strict):
     critique_step_timeout_s: float = Field(
         120, gt=0, description="Timeout of one model call inside a pipeline."
     )
+    shutdown_cut_margin_s: float = Field(
+        5,
+        ge=2,
+        le=60,
+        description=(
+            "How long before Ray's force-kill of a stopping replica the requests still open end "
+            "with an error. Covers the time to notice the stop (up to 2 s) and to send the errors."
+        ),
+    )
     engine_start_timeout_s: float = Field(
         900, gt=0, description="How long a load may wait for an engine to become ready."
     )

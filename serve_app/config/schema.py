@@ -84,8 +84,28 @@ class ServingOptions(Strict):
     health_check_period_s: float = Field(10, gt=0, description="How often Ray calls check_health.")
     health_check_timeout_s: float = Field(30, gt=0, description="How long a health check may take.")
     graceful_shutdown_timeout_s: float = Field(
-        60, ge=0, description="How long a stopping replica lets in-flight streams finish."
+        60,
+        gt=0,
+        description=(
+            "Ray's graceful shutdown budget: how long a stopping replica (redeploy, downscale) lets "
+            "open requests finish before Ray kills it. Requests still open `shutdown_cut_margin_s` "
+            "before the kill end with a 503 / error event (code service_restarting or "
+            "model_restarting) instead of being cut."
+        ),
     )
+    unload_drain_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "How long an unload lets open requests finish before they end with a 503 / error event "
+            "(code model_unloading) and the engine stops; default: graceful_shutdown_timeout_s."
+        ),
+    )
+
+    def unload_drain_s(self) -> float:
+        if self.unload_drain_timeout_s is None:
+            return self.graceful_shutdown_timeout_s
+        return self.unload_drain_timeout_s
 
     def deployment_options(self) -> dict[str, object]:
         """Keyword arguments for `serve.deployment(...).options()`."""

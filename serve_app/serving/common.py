@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from serve_app.config.app_args import RequestLimits
-from serve_app.errors import ContextLengthExceeded, InvalidRequest
+from serve_app.errors import ContextLengthExceeded, InvalidRequest, RequestAborted
 from serve_app.metrics import EngineMetrics, NoMetrics
 from serve_app.protocol import SamplingFields
 from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec
@@ -128,11 +128,17 @@ async def merge(iterators: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T
 async def observed(
     steps: AsyncIterator[EngineStep], metrics: EngineMetrics, model: str, started: float
 ) -> AsyncIterator[EngineStep]:
-    """Pass engine steps through, recording time to first token and token counts."""
+    """Pass engine steps through, recording time to first token and token counts.
+
+    A step that vLLM finished as "abort" (the replica stopped the request, or the engine did) raises
+    `RequestAborted`: an OpenAI client must never see a truncated answer with a finish reason
+    outside OpenAI's set."""
     first = True
     prompt_tokens = completion_tokens = 0
     try:
         async for step in steps:
+            if any(sample.finish_reason == "abort" for sample in step.samples):
+                raise RequestAborted("The request was stopped before it finished; retry it.")
             prompt_tokens = step.prompt_token_count
             produced = sum(len(sample.token_ids) for sample in step.samples)
             if first and produced:

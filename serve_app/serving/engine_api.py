@@ -99,3 +99,6 @@ class Engine(Protocol):
     ) -> AsyncIterator[EngineStep]: ...
 
     async def abort(self, request_id: str) -> None: ...
+
+    async def abort_all(self) -> int:
+        """Abort every request being generated (each ends with an "abort" step); how many."""
