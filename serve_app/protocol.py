@@ -396,6 +396,8 @@ class ModelCard(Response):
     max_model_len: int | None = None
     replicas: dict[str, int] = Field(default_factory=dict)
     error: str | None = None
+    # How long an unload lets open requests run before they end with a 503 / error event.
+    unload_drain_timeout_s: float | None = None
 
 
 class ModelList(Response):

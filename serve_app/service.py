@@ -102,6 +102,7 @@ class InferenceService:
             max_model_len=spec.max_model_len if self.args.profile == "gpu" else self.args.cpu.max_model_len,
             replicas=status.get("replicas", {}),
             error=status.get("error"),
+            unload_drain_timeout_s=self.args.serving_overrides.get(model_id, spec.serving).unload_drain_s(),
         )
 
     def _require_deployed(self, model_id: str, param: str = "model") -> HandleModelClient:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ PRESET = os.environ.get("INFERENCE_DEFAULT_PRESET", "D4")
 REQUIRE_SERVICE = _env_flag("INFERENCE_REQUIRE_SERVICE")
 REQUIRE_GATEWAY = _env_flag("INFERENCE_REQUIRE_GATEWAY")
 TEST_MODEL = os.environ.get("INFERENCE_TEST_MODEL", "")
+# The test config's second app: one model with a tiny queue and short drain budgets.
+TIGHT_BASE_URL = (os.environ.get("INFERENCE_TIGHT_BASE_URL") or f"{BASE_URL}/tight").rstrip("/")
 
 # The catalog's model ids and the D4 preset (see integration-tests.md).
 CATALOG_MODELS = [
@@ -55,7 +58,8 @@ D4_GENERATOR = "qwen2.5-7b"
 D4_CRITIC = "deepseek-r1-7b"
 D4_MODELS = [D4_CRITIC, D4_GENERATOR]
 MODEL_STATES = {"loading", "ready", "unloading", "unloaded", "failed"}
-FINISH_REASONS = {"stop", "length", "abort", "error"}
+# OpenAI's finish reasons (vLLM's "abort" must never reach a client).
+FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 # Default model preference when a test just needs "some" model: fast, non-reasoning models first.
 _PREFERRED = ["llama-3.2-3b", "qwen2.5-7b", "phi-4", "granite-8b-code-128k", "phi-3-medium-128k"]
 
@@ -127,11 +131,11 @@ def fetch_models() -> dict[str, Any]:
     return body
 
 
-def ensure_model_ready(model_id: str) -> dict[str, Any]:
+def ensure_model_ready(model_id: str, base_url: str = BASE_URL) -> dict[str, Any]:
     """POST /v1/models/{id}/load (idempotent) and wait until the card says ready."""
     deadline = time.monotonic() + MODEL_LOAD_TIMEOUT
     with httpx.Client(
-        base_url=BASE_URL, headers=auth_headers(), timeout=http_timeout(MODEL_LOAD_TIMEOUT)
+        base_url=base_url, headers=auth_headers(), timeout=http_timeout(MODEL_LOAD_TIMEOUT)
     ) as http:
         response = http.post(f"/v1/models/{model_id}/load", headers=admin_headers())
         if response.status_code == 200 and response.json().get("status") == "ready":
@@ -158,6 +162,27 @@ def require_model_card(model_id: str, *, ready: bool = True) -> dict[str, Any]:
     if ready and card.get("status") != "ready":
         card = ensure_model_ready(model_id)
     return card
+
+
+def require_tight_model() -> str:
+    """The ready model of the tight app (TIGHT_BASE_URL); skip without it, or fail with
+    INFERENCE_REQUIRE_SERVICE=1."""
+    ensure_service()
+    reason = probe(TIGHT_BASE_URL, [("/health", {})])
+    if reason is None:
+        with httpx.Client(base_url=TIGHT_BASE_URL, headers=auth_headers(), timeout=http_timeout()) as http:
+            response = http.get("/v1/models")
+        ready = [c["id"] for c in response.json().get("data", []) if c.get("status") == "ready"]
+        if response.status_code == 200 and ready:
+            return ready[0]
+        reason = f"GET /v1/models answered {response.status_code} with ready models {ready}"
+    message = (
+        f"No tight-queue app at {TIGHT_BASE_URL} ({reason}); deploy tests/serve_config.test.yaml or set "
+        "INFERENCE_TIGHT_BASE_URL"
+    )
+    if REQUIRE_SERVICE:
+        pytest.fail(message + " (INFERENCE_REQUIRE_SERVICE=1)", pytrace=False)
+    pytest.skip(message)
 
 
 _default_model: list[str] = []
@@ -347,13 +372,44 @@ class Outcome:
         return f"{self.kind}({self.status}, {self.seconds:.1f}s): {self.detail}"[:400]
 
 
+# SSE ends lines at CRLF, LF or CR only (WHATWG HTML, "Parsing an event stream"). str.splitlines()
+# also splits at U+0085, U+2028, U+2029 and others, which JSON may carry raw inside strings.
+_SSE_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+class UndecodableEvent(ValueError):
+    def __init__(self, data: str, cause: Exception):
+        super().__init__(f"{cause}; event data {data[:2000]!r}")
+        self.data = data
+
+
+def sse_event_data(raw: str) -> list[str]:
+    """The `data` of each event of an SSE body, as the SSE spec parses it: an event's data lines are
+    joined with LF, a blank line dispatches the event, one space after the colon is dropped."""
+    events: list[str] = []
+    data: list[str] = []
+    for line in _SSE_LINE_END.split(raw):
+        if line == "":
+            if data:
+                events.append("\n".join(data))
+                data = []
+            continue
+        field, _, value = line.partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    return events  # an event not ended by a blank line is incomplete and dropped, as the spec says
+
+
 def _sse_events(raw: str) -> list[Any]:
     events: list[Any] = []
-    for line in raw.splitlines():
-        if not line.startswith("data:"):
+    for data in sse_event_data(raw):
+        if data == "[DONE]":
+            events.append("[DONE]")
             continue
-        payload = line[len("data:") :].strip()
-        events.append("[DONE]" if payload == "[DONE]" else json.loads(payload))
+        try:
+            events.append(json.loads(data))
+        except ValueError as exc:
+            raise UndecodableEvent(data, exc) from None
     return events
 
 

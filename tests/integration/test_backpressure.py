@@ -13,7 +13,6 @@ Nothing else is allowed: no 5xx, no dropped connection, no timeout, no truncated
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import Counter
 from typing import Any
@@ -22,22 +21,19 @@ import httpx
 import pytest
 
 from .support import (
-    BASE_URL,
     OK,
     REJECTED,
-    REQUIRE_SERVICE,
     STREAM_TIMEOUT,
+    TIGHT_BASE_URL,
     Outcome,
     auth_headers,
-    ensure_service,
     http_timeout,
-    probe,
     request_outcome,
+    require_tight_model,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_model]
 
-TIGHT_BASE_URL = (os.environ.get("INFERENCE_TIGHT_BASE_URL") or f"{BASE_URL}/tight").rstrip("/")
 BURST = 24
 # Long enough (~0.5 s on the CPU profile) that the 2 running + 2 queued slots are busy when the rest
 # of the burst arrives.
@@ -46,23 +42,7 @@ MAX_TOKENS = 64
 
 @pytest.fixture(scope="module")
 def tight_model() -> str:
-    """The ready model of the tight app; skip (or fail, with INFERENCE_REQUIRE_SERVICE=1) without it."""
-    ensure_service()
-    reason = probe(TIGHT_BASE_URL, [("/health", {})])
-    if reason is None:
-        with httpx.Client(base_url=TIGHT_BASE_URL, headers=auth_headers(), timeout=http_timeout()) as http:
-            response = http.get("/v1/models")
-        ready = [c["id"] for c in response.json().get("data", []) if c.get("status") == "ready"]
-        if response.status_code == 200 and ready:
-            return ready[0]
-        reason = f"GET /v1/models answered {response.status_code} with ready models {ready}"
-    message = (
-        f"No tight-queue app at {TIGHT_BASE_URL} ({reason}); deploy tests/serve_config.test.yaml or set "
-        "INFERENCE_TIGHT_BASE_URL"
-    )
-    if REQUIRE_SERVICE:
-        pytest.fail(message + " (INFERENCE_REQUIRE_SERVICE=1)", pytrace=False)
-    pytest.skip(message)
+    return require_tight_model()
 
 
 def _payload(model: str, i: int, stream: bool) -> dict[str, Any]:

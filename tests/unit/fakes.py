@@ -1,6 +1,7 @@
 """Fakes for the unit suite. Each stands in for something that needs Ray or vLLM in production:
 
-- FakeEngine: the `Engine` protocol of serve_app/serving/engine_api.py (deterministic tokens).
+- FakeEngine: the `Engine` protocol of serve_app/serving/engine_api.py (deterministic tokens;
+  optionally pausing mid-generation until `release()` or `abort_all()`, or failing to start).
 - FakeReasoningSplitter: a `<think>...</think>` splitter like vLLM's deepseek_r1 parser.
 - FakeModelClient: the `ModelClient` protocol (plus the HandleModelClient extras the service uses).
 - FakeDirectory: the ModelDirectory deployment handle (`.remote` returns an awaitable).
@@ -85,12 +86,39 @@ class FakeEngine:
     calls: list[FakeGenerateCall] = field(default_factory=list)
     rendered: list[list[dict[str, str]]] = field(default_factory=list)
     running: bool = False
+    # When set, each generation emits this many steps, then waits until `release()` or
+    # `abort_all()`; after `abort_all()` it ends with one step whose samples finish as "abort"
+    # (as vLLM does). Generations started after a release or an abort no longer pause.
+    pause_after: int | None = None
+    # Raised by `start()` when set (an engine that cannot come up).
+    start_error: BaseException | None = None
+    starts: int = 0
+    shutdowns: int = 0
+    aborted_all: int = 0  # how many times abort_all() was called
+    generating: int = 0  # generations open right now
+    paused: int = 0  # generations waiting at `pause_after` right now
+    _resume: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _abort_epoch: int = 0
 
     async def start(self) -> None:
+        self.starts += 1
+        if self.start_error is not None:
+            raise self.start_error
         self.running = True
 
     async def shutdown(self) -> None:
+        self.shutdowns += 1
         self.running = False
+
+    def release(self) -> None:
+        """Let paused generations run to their normal end."""
+        self._resume.set()
+
+    async def abort_all(self) -> int:
+        self.aborted_all += 1
+        self._abort_epoch += 1
+        self._resume.set()
+        return self.generating
 
     async def check_health(self) -> None:
         return None
@@ -120,32 +148,52 @@ class FakeEngine:
         self, prompt_token_ids: list[int], sampling: SamplingSpec, request_id: str
     ) -> AsyncIterator[EngineStep]:
         self.calls.append(FakeGenerateCall(list(prompt_token_ids), sampling, request_id))
-        scripts = [list(self.outputs[i % len(self.outputs)]) for i in range(sampling.n)]
-        emitted = [script[: sampling.max_tokens] for script in scripts]
-        longest = max(len(pieces) for pieces in emitted)
-        for position in range(longest):
-            samples = []
-            for index, pieces in enumerate(emitted):
-                if position >= len(pieces):
-                    continue
-                finish = None
-                if position == len(pieces) - 1:
-                    cut = len(scripts[index]) > sampling.max_tokens
-                    finish = "length" if cut else self.finish_reasons[index % len(self.finish_reasons)]
-                piece = pieces[position]
-                samples.append(
-                    SampleDelta(
-                        index=index,
-                        text=piece,
-                        token_ids=[self.token_id(piece)],
-                        finish_reason=finish,
-                        logprobs=self._logprobs(piece, sampling),
+        self.generating += 1
+        try:
+            epoch = self._abort_epoch
+            scripts = [list(self.outputs[i % len(self.outputs)]) for i in range(sampling.n)]
+            emitted = [script[: sampling.max_tokens] for script in scripts]
+            longest = max(len(pieces) for pieces in emitted)
+            for position in range(longest):
+                if position == self.pause_after and not self._resume.is_set():
+                    self.paused += 1
+                    try:
+                        await self._resume.wait()
+                    finally:
+                        self.paused -= 1
+                if self._abort_epoch != epoch:
+                    aborted = [
+                        SampleDelta(index=i, text="", token_ids=[], finish_reason="abort")
+                        for i in range(sampling.n)
+                    ]
+                    yield EngineStep(prompt_token_count=len(prompt_token_ids), samples=aborted, finished=True)
+                    return
+                samples = []
+                for index, pieces in enumerate(emitted):
+                    if position >= len(pieces):
+                        continue
+                    finish = None
+                    if position == len(pieces) - 1:
+                        cut = len(scripts[index]) > sampling.max_tokens
+                        finish = "length" if cut else self.finish_reasons[index % len(self.finish_reasons)]
+                    piece = pieces[position]
+                    samples.append(
+                        SampleDelta(
+                            index=index,
+                            text=piece,
+                            token_ids=[self.token_id(piece)],
+                            finish_reason=finish,
+                            logprobs=self._logprobs(piece, sampling),
+                        )
                     )
+                await asyncio.sleep(0)
+                yield EngineStep(
+                    prompt_token_count=len(prompt_token_ids),
+                    samples=samples,
+                    finished=position == longest - 1,
                 )
-            await asyncio.sleep(0)
-            yield EngineStep(
-                prompt_token_count=len(prompt_token_ids), samples=samples, finished=position == longest - 1
-            )
+        finally:
+            self.generating -= 1
 
     @staticmethod
     def _logprobs(piece: str, sampling: SamplingSpec) -> list[TokenLogprob] | None:
