@@ -7,12 +7,16 @@ replaced (new engines). Observed with Ray 2.60: Serve gives *every* deployment o
 whose args changed a new version, so the ModelDirectory (same args) restarts too and its desired
 states start afresh (a model unloaded before the redeploy comes back loaded); the "tight" app is
 untouched. Old replicas finish their in-flight requests first (graceful_shutdown_timeout_s: models 60 s,
-the ingress 90 s, since behind HAProxy it still accepts requests for 30 s after it starts stopping).
+the ingress 90 s, since behind HAProxy it still accepts requests for 30 s after it starts stopping);
+what is still open 5 s before a budget ends gets an error event (serve_app/draining.py).
 
-Asserted: streams started before the deploy, and streams started while it runs, all end with
-`data: [DONE]` and no error event; the new limit is in force afterwards; the service answers; exactly
-the predicted replicas were replaced. The original config is redeployed at the end (and checked).
-Both update times are printed.
+Asserted: streams started before the deploy end with `data: [DONE]` and no error event (they are
+sized to fit the budgets even on a machine four times slower than the fastest seen); streams started
+while it runs end the same way, or, when the budget of the replica they reached ran out first (a
+slower machine), with a restart error event (`service_restarting`, `model_restarting`) and
+`data: [DONE]`, never with a cut connection; the new limit is in force afterwards; the service
+answers; exactly the predicted replicas were replaced. The original config is redeployed at the
+end (and checked). Both update times are printed.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from integration.support import D4_CRITIC, D4_GENERATOR, OK, Outcome, fetch_models, request_outcome
+from integration.support import (
+    D4_CRITIC,
+    D4_GENERATOR,
+    OK,
+    STREAM_ERROR,
+    Outcome,
+    fetch_models,
+    request_outcome,
+)
 
 from .cluster import (
     APP,
@@ -45,8 +57,18 @@ pytestmark = [pytest.mark.slow]
 
 MODELS = [D4_GENERATOR, D4_CRITIC]
 NEW_MAX_MESSAGES = 8
+RESTART_CODES = {"service_restarting", "model_restarting"}
 STREAM_TOKENS = 1500  # several seconds each
 WAVE_EVERY_S = 10.0  # while the deploy runs, new long streams start this often
+
+
+def _clean_restart(label: str, outcome: Outcome) -> bool:
+    """A stream admitted during the deploy whose replica's budget ran out: an error event saying so."""
+    return (
+        label.startswith("during")
+        and outcome.kind == STREAM_ERROR
+        and (outcome.error or {}).get("code") in RESTART_CODES
+    )
 
 
 def _messages(count: int) -> list[dict[str, str]]:
@@ -128,10 +150,11 @@ async def test_redeploy_with_streams_in_flight(
         kept = sorted(k for k in before if before[k] == after.get(k))
         print(f"replicas replaced: {replaced}; kept: {kept}")
 
-        bad = [(label, str(o)) for label, o in outcomes if o.kind != OK]
-        assert not bad, f"streams that did not finish with [DONE] and no error event: {bad}"
+        bad = [(label, str(o)) for label, o in outcomes if o.kind != OK and not _clean_restart(label, o)]
+        assert not bad, f"streams that did not finish with [DONE] (or a clean restart error): {bad}"
         for label, outcome in outcomes:
-            assert outcome.usage and outcome.usage["completion_tokens"] == STREAM_TOKENS, (label, outcome)
+            if outcome.kind == OK:
+                assert outcome.usage and outcome.usage["completion_tokens"] == STREAM_TOKENS, (label, outcome)
 
         # The new config is in force, and the service answers.
         await wait_ready(http, MODELS)

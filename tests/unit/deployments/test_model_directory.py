@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 
@@ -117,3 +118,43 @@ def test_only_the_silent_replica_expires(monkeypatch: pytest.MonkeyPatch) -> Non
     status = state.status("m")
     assert status["replicas"] == {"ready": 1} and status["state"] == "ready" and status["error"] is None
     assert set(state.reports["m"]) == {"live-replica"}
+
+
+def _details(app: str, states: dict[str, str]) -> dict[str, object]:
+    replicas = [{"replica_id": rid, "state": state} for rid, state in states.items()]
+    return {"applications": {app: {"deployments": {"ingress": {"replicas": replicas}}}}}
+
+
+def test_stopping_replica_ids_reads_only_the_app_and_the_stopping_state() -> None:
+    details = _details("inference", {"a": "RUNNING", "b": "STOPPING", "c": "STARTING"})
+    details["applications"]["tight"] = _details("tight", {"d": "STOPPING"})["applications"]["tight"]  # type: ignore[index]
+    assert model_directory.stopping_replica_ids(details, "inference") == {"b"}
+    assert model_directory.stopping_replica_ids(details, "tight") == {"d"}
+    assert model_directory.stopping_replica_ids(details, "missing") == set()
+    assert model_directory.stopping_replica_ids({}, "inference") == set()
+
+
+async def test_stopping_replicas_poll_survives_a_failed_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers: list[object] = [RuntimeError("controller restarting"), _details("app", {"r1": "STOPPING"})]
+    reads = 0
+    polled = asyncio.Event()
+
+    async def fake_read() -> dict[str, object]:
+        nonlocal reads
+        reads += 1
+        answer = answers[min(reads - 1, len(answers) - 1)]
+        if reads >= 2:
+            polled.set()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    monkeypatch.setattr(model_directory, "STOPPING_POLL_S", 0)
+    stopping = model_directory.StoppingReplicas(fake_read, "app")
+    stopping.ensure_polling()
+    stopping.ensure_polling()  # a second call does not start a second poller
+    await asyncio.wait_for(polled.wait(), 5)
+    await asyncio.sleep(0)
+    assert stopping.ids == {"r1"}
+    assert stopping._task is not None
+    stopping._task.cancel()
