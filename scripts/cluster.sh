@@ -14,6 +14,12 @@ READY_TIMEOUT=${CLUSTER_READY_TIMEOUT:-900}
 # Space-separated readiness paths, one per application of the config.
 READY_PATHS=${READY_PATHS:-/health/ready}
 RUN_DIR=${RUN_DIR:-.run}
+# CLUSTER_CPUSET=0 pins Ray and every process it starts to CPU 0 (taskset; children inherit it):
+# the cluster gets half of a 2-core machine, to check that the suite holds on a slower machine.
+# Ray still counts the machine's logical CPUs, so the same replicas are scheduled.
+CLUSTER_CPUSET=${CLUSTER_CPUSET:-}
+PIN_ARGS=()
+[ -z "$CLUSTER_CPUSET" ] || PIN_ARGS=(--num-cpus "$(nproc --all)")
 export PATH="$PWD/$VENV/bin:$PATH"
 # Ray's workers import the application from this checkout (not whichever checkout the venv was
 # installed from, e.g. another git worktree sharing the venv).
@@ -37,8 +43,8 @@ start() {
   if ! ray status >/dev/null 2>&1; then
     echo "==> starting Ray head (metrics on :$METRICS_PORT, dashboard on :8265;" \
       "HAProxy ingress ${RAY_SERVE_ENABLE_HA_PROXY}, throughput-optimized ${RAY_SERVE_THROUGHPUT_OPTIMIZED})"
-    ray start --head --disable-usage-stats --metrics-export-port="$METRICS_PORT" \
-      --dashboard-host=127.0.0.1 --include-dashboard=true >"$RUN_DIR/ray-start.log" 2>&1 \
+    ${CLUSTER_CPUSET:+taskset -c "$CLUSTER_CPUSET"} ray start --head --disable-usage-stats --metrics-export-port="$METRICS_PORT" \
+      --dashboard-host=127.0.0.1 --include-dashboard=true "${PIN_ARGS[@]}" >"$RUN_DIR/ray-start.log" 2>&1 \
       || { cat "$RUN_DIR/ray-start.log"; exit 1; }
   fi
   deploy

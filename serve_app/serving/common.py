@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from serve_app.config.app_args import RequestLimits
-from serve_app.errors import ContextLengthExceeded, InvalidRequest, RequestAborted
+from serve_app.errors import ContextLengthExceeded, InvalidRequest, RequestAborted, ServiceUnavailable
 from serve_app.metrics import EngineMetrics, NoMetrics
 from serve_app.protocol import SamplingFields
 from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec
@@ -131,14 +131,17 @@ async def observed(
     """Pass engine steps through, recording time to first token and token counts.
 
     A step that vLLM finished as "abort" (the replica stopped the request, or the engine did) raises
-    `RequestAborted`: an OpenAI client must never see a truncated answer with a finish reason
-    outside OpenAI's set."""
+    `RequestAborted`, and one it finished as "error" a 503: an OpenAI client must never see a
+    truncated answer with a finish reason outside OpenAI's set."""
     first = True
     prompt_tokens = completion_tokens = 0
     try:
         async for step in steps:
-            if any(sample.finish_reason == "abort" for sample in step.samples):
+            reasons = {sample.finish_reason for sample in step.samples}
+            if "abort" in reasons:
                 raise RequestAborted("The request was stopped before it finished; retry it.")
+            if "error" in reasons:  # vLLM's internal failure of one request
+                raise ServiceUnavailable("The engine failed this request; retry it.", code="engine_error")
             prompt_tokens = step.prompt_token_count
             produced = sum(len(sample.token_ids) for sample in step.samples)
             if first and produced:

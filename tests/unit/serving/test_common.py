@@ -7,7 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from serve_app.serving.common import merge
+from serve_app.errors import RequestAborted, ServiceUnavailable
+from serve_app.metrics import NoMetrics
+from serve_app.serving.common import merge, observed
+from serve_app.serving.engine_api import EngineStep, SampleDelta
 
 
 async def _items(name: str, count: int, pause: float = 0.0) -> AsyncIterator[str]:
@@ -24,8 +27,25 @@ async def test_merge_tags_items_and_keeps_each_source_in_order() -> None:
 
 
 async def test_merge_interleaves_as_items_arrive() -> None:
-    merged = [v async for _, v in merge([_items("slow", 2, pause=0.02), _items("fast", 2)])]
-    assert merged.index("fast1") < merged.index("slow0")
+    # "slow" produces nothing until "fast" has been read to its end: a merge that drained its
+    # sources one after the other would hang here (turned into a failure by the timeout).
+    fast_done = asyncio.Event()
+
+    async def slow() -> AsyncIterator[str]:
+        await fast_done.wait()
+        yield "slow0"
+
+    async def fast() -> AsyncIterator[str]:
+        yield "fast0"
+        yield "fast1"
+
+    merged: list[str] = []
+    async with asyncio.timeout(60):
+        async for _, value in merge([slow(), fast()]):
+            merged.append(value)
+            if value == "fast1":
+                fast_done.set()
+    assert merged == ["fast0", "fast1", "slow0"]
 
 
 async def test_merge_of_one_source_passes_through() -> None:
@@ -52,3 +72,31 @@ async def test_merge_reraises_a_source_error_and_stops_the_others() -> None:
         async for _ in merge([endless(), failing()]):
             pass
     await asyncio.wait_for(cancelled.wait(), 1)
+
+
+async def _steps(*finish_reasons: str | None) -> AsyncIterator[EngineStep]:
+    for reason in finish_reasons:
+        yield EngineStep(
+            prompt_token_count=3,
+            samples=[SampleDelta(index=0, text="x", token_ids=[7], finish_reason=reason)],
+        )
+
+
+@pytest.mark.parametrize(
+    ("reason", "error", "code"),
+    [("abort", RequestAborted, "request_aborted"), ("error", ServiceUnavailable, "engine_error")],
+)
+async def test_observed_turns_vllm_only_finish_reasons_into_errors(
+    reason: str, error: type[Exception], code: str
+) -> None:
+    seen: list[EngineStep] = []
+    with pytest.raises(error) as info:
+        async for step in observed(_steps(None, reason), NoMetrics(), "m", 0.0):
+            seen.append(step)
+    assert len(seen) == 1, "the steps before the abort pass through"
+    assert getattr(info.value, "code", None) == code
+
+
+async def test_observed_passes_openai_finish_reasons() -> None:
+    steps = [s async for s in observed(_steps(None, "length"), NoMetrics(), "m", 0.0)]
+    assert [s.samples[0].finish_reason for s in steps] == [None, "length"]
