@@ -17,7 +17,14 @@ from typing import Protocol
 
 from serve_app.config.app_args import RequestLimits
 from serve_app.draining import watch_for_stop
-from serve_app.errors import ModelNotLoaded, RequestAborted, ServiceError, ServiceUnavailable, restarting
+from serve_app.errors import (
+    ModelNotLoaded,
+    RequestAborted,
+    ServiceError,
+    ServiceUnavailable,
+    fresh,
+    restarting,
+)
 from serve_app.metrics import EngineMetrics, NoMetrics
 from serve_app.protocol import ModelState
 from serve_app.serving.chat import ChatServing
@@ -63,6 +70,7 @@ class ModelReplica:
         budgets: DrainBudgets,
         metrics: EngineMetrics | None = None,
         *,
+        start_timeout_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
@@ -73,6 +81,7 @@ class ModelReplica:
         self.directory = directory
         self.budgets = budgets
         self.metrics = metrics or NoMetrics()
+        self.start_timeout_s = start_timeout_s
         self.clock = clock
         self.sleep = sleep
         self.state: ModelState = "unloaded"
@@ -105,7 +114,15 @@ class ModelReplica:
             self.state, self.error, self.cut_error = "loading", None, None
             await self.report()
             try:
-                await self.engine.start()
+                await asyncio.wait_for(self.engine.start(), self.start_timeout_s)
+            except TimeoutError:
+                logger.error("engine of %s not ready within %g s", self.model_id, self.start_timeout_s)
+                self.state = "failed"
+                self.error = (
+                    f"engine did not start within {self.start_timeout_s:g} s (engine_start_timeout_s)"
+                )
+                await self.engine.shutdown()
+                return
             except Exception as exc:  # reported as the model's state; the replica stays up
                 logger.exception("engine of %s failed to start", self.model_id)
                 self.state, self.error = "failed", f"engine failed to start: {type(exc).__name__}"
@@ -213,8 +230,6 @@ class ModelReplica:
     # ------------------------------------------------------------------ requests
 
     def _admit(self) -> None:
-        if self.cut_error is not None:
-            raise self.cut_error
         if self.stopping:
             raise restarting(f"replica of model {self.model_id} is shutting down", "model_restarting")
         if self.state == "ready":
@@ -237,7 +252,7 @@ class ModelReplica:
             yield
         except RequestAborted:
             if self.cut_error is not None:
-                raise self.cut_error from None
+                raise fresh(self.cut_error) from None
             raise
         finally:
             self.inflight -= 1

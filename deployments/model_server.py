@@ -53,6 +53,7 @@ class ModelServer:
         directory: DeploymentHandle,
         budgets: DrainBudgets,
         stream_batch_s: float = 0.0,
+        start_timeout_s: float = 900.0,
     ):
         self.stream_batch_s = stream_batch_s
         self.replica = ModelReplica(
@@ -63,6 +64,7 @@ class ModelServer:
             HandleDirectoryClient(directory),
             budgets,
             RayEngineMetrics(),
+            start_timeout_s=start_timeout_s,
         )
         await self.replica.start()
         self._tasks = [

@@ -66,6 +66,11 @@ class VllmReasoningSplitter:
         return getattr(delta, "reasoning", None), delta.content
 
 
+def _shut_down_when_built(building: asyncio.Future[Any]) -> None:
+    if not building.cancelled() and building.exception() is None:
+        building.result().shutdown()
+
+
 class VLLMEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -99,9 +104,16 @@ class VLLMEngine:
         # vLLM's own metrics (vllm:*), exported through Ray's metrics endpoint like ours.
         # Building the engine blocks for the whole model load; in a thread, the replica keeps
         # answering health checks and refusing requests (503) meanwhile.
-        self._engine = await asyncio.to_thread(
-            AsyncLLM.from_engine_args, args, stat_loggers=[RayPrometheusStatLogger]
+        building = asyncio.get_running_loop().run_in_executor(
+            None, lambda: AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger])
         )
+        try:
+            self._engine = await asyncio.shield(building)
+        except asyncio.CancelledError:
+            # The start timed out (engine_start_timeout_s) or the replica is stopping: the thread
+            # cannot be stopped, so shut the engine down once it exists instead of leaking it.
+            building.add_done_callback(_shut_down_when_built)
+            raise
         self._tokenizer = self._engine.get_tokenizer()
         # Our own copy for templating and tokenizing requests: long prompts are tokenized in a
         # worker thread (Serving._off_loop) while vLLM's detokenizer uses its instance on the

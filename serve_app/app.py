@@ -106,7 +106,13 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
             margin_s=args.shutdown_cut_margin_s,
         )
         handles[model_id] = deployment.bind(
-            model_id, engine_config(spec, args), args.limits, directory, budgets, args.stream_batch_ms / 1000
+            model_id,
+            engine_config(spec, args),
+            args.limits,
+            directory,
+            budgets,
+            args.stream_batch_ms / 1000,
+            args.engine_start_timeout_s,
         )
     ingress_cpus = CPU_INGRESS_CPUS if args.profile == "cpu" else GPU_INGRESS_CPUS
     ingress = serve.deployment(Ingress).options(  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-from serve_app.errors import ServiceError
+from serve_app.errors import ServiceError, fresh
 
 logger = logging.getLogger("ray.serve")
 
@@ -75,12 +75,12 @@ class InflightRequests:
             self._cut = error
             self._switch.set()
             for stream in self._streams:
-                stream.queue.put_nowait(error)
+                stream.queue.put_nowait(fresh(error))
         return self.open
 
     def refuse_if_cut(self) -> None:
         if self._cut is not None:
-            raise self._cut
+            raise fresh(self._cut)
 
     @contextlib.contextmanager
     def counted(self) -> Iterator[None]:
@@ -96,7 +96,7 @@ class InflightRequests:
         """Return the cut error once the switch flips."""
         await self._switch.wait()
         assert self._cut is not None
-        return self._cut
+        return fresh(self._cut)
 
     async def stream(self, source: AsyncIterator[str]) -> AsyncIterator[str]:
         """`source`'s items; when the switch flips, the cut error is raised after the items already

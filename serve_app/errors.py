@@ -46,6 +46,12 @@ class ServiceError(Exception):
         return (_rebuild, (type(self), self.message, self.param, self.code, self.retry_after_s))
 
 
+def fresh(error: ServiceError) -> ServiceError:
+    """A new instance of a stored error, to raise once: raising one stored instance for every
+    request would chain each raise's frames onto its traceback."""
+    return _rebuild(type(error), error.message, error.param, error.code, error.retry_after_s)
+
+
 def _rebuild(
     cls: type[ServiceError], message: str, param: str | None, code: str | None, retry_after_s: int | None
 ) -> ServiceError:

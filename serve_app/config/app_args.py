@@ -101,7 +101,12 @@ class AppArgs(Strict):
         ),
     )
     engine_start_timeout_s: float = Field(
-        900, gt=0, description="How long a load may wait for an engine to become ready."
+        900,
+        gt=0,
+        description=(
+            "How long a model replica waits for its engine to start (load, warm-up) before it "
+            "reports the model failed; KubeRay's timeouts are sized from it too."
+        ),
     )
 
     def resolved_preset(self) -> str:

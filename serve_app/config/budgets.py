@@ -24,7 +24,7 @@ MIN_MODEL_SERVICE_S = 1.0
 
 def deregistration_window_s(env: Mapping[str, str]) -> float:
     """How long Serve keeps a stopping ingress reachable: 0 with the classic proxy."""
-    if env.get(HAPROXY_ENV, "0").strip().lower() not in {"1", "true"}:
+    if env.get(HAPROXY_ENV, "0") != "1":  # exactly as Ray reads it
         return 0.0
     return float(env.get(DEREGISTRATION_ENV, DEFAULT_DEREGISTRATION_S))
 

@@ -6,6 +6,7 @@
 - FakeModelClient: the `ModelClient` protocol (plus the HandleModelClient extras the service uses).
 - FakeDirectory: the ModelDirectory deployment handle (`.remote` returns an awaitable).
 - FakeMetrics: records every metrics call.
+- FakeClock: monotonic time and sleep that move only when told (drain budgets, stop timing).
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ class FakeEngine:
     starts: int = 0
     shutdowns: int = 0
     aborted_all: int = 0  # how many times abort_all() was called
+    clock: Callable[[], float] | None = None  # when set, each abort_all() time goes to aborted_at
+    aborted_at: list[float] = field(default_factory=list)
     generating: int = 0  # generations open right now
     paused: int = 0  # generations waiting at `pause_after` right now
     _resume: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -116,6 +119,8 @@ class FakeEngine:
 
     async def abort_all(self) -> int:
         self.aborted_all += 1
+        if self.clock is not None:
+            self.aborted_at.append(self.clock())
         self._abort_epoch += 1
         self._resume.set()
         return self.generating
@@ -403,3 +408,61 @@ class FakeMetrics:
 
     def tokens(self, model: str, prompt: int, completion: int) -> None:
         self.calls.append(("tokens", (model, prompt, completion)))
+
+
+# ---------------------------------------------------------------- time
+
+
+class FakeClock:
+    """Monotonic seconds that move only when something sleeps on this clock or the test says so.
+
+    Pass the instance as `clock=` and its `sleep` as `sleep=`. In auto mode (the default) each
+    `sleep(s)` moves time forward by `s` at once and yields one turn of the event loop; in manual
+    mode a sleeper waits until the test moves time to its deadline with `advance`. `tick` is
+    added before every reading (time that passes while the code under test works). Every sleep's
+    duration is recorded in `sleeps`."""
+
+    def __init__(self, now: float = 0.0, *, auto: bool = True, tick: float = 0.0):
+        self.now = now
+        self.auto = auto
+        self.tick = tick
+        self.sleeps: list[float] = []
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if self.auto:
+            self.now += max(0.0, seconds)
+            await asyncio.sleep(0)
+            return
+        entry = (self.now + max(0.0, seconds), asyncio.get_running_loop().create_future())
+        self._sleepers.append(entry)
+        try:
+            await entry[1]
+        finally:
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+
+    @property
+    def sleeping(self) -> int:
+        """Sleepers waiting for time to move (manual mode)."""
+        return sum(1 for _, future in self._sleepers if not future.done())
+
+    async def advance(self, seconds: float, turns: int = 20) -> None:
+        """Move time forward by `seconds`, waking each sleeper at its own deadline, in order, and
+        giving the woken code `turns` loop turns to run (and perhaps sleep again) before the next."""
+        target = self.now + seconds
+        while True:
+            due = [entry for entry in self._sleepers if entry[0] <= target and not entry[1].done()]
+            if not due:
+                break
+            deadline, future = min(due, key=lambda entry: entry[0])
+            self.now = max(self.now, deadline)
+            future.set_result(None)
+            for _ in range(turns):
+                await asyncio.sleep(0)
+        self.now = target

@@ -3,6 +3,7 @@ OpenAI error objects, API keys, body limits, request ids, and SSE streams."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -12,7 +13,8 @@ import pytest
 from ray.serve.exceptions import BackPressureError
 
 from serve_app.config import AppArgs, RequestLimits
-from serve_app.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from serve_app.draining import InflightRequests
+from serve_app.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, restarting
 from serve_app.http_guard import KeyPolicy, check_key, route_label, route_path
 from serve_app.protocol import (
     AssistantMessage,
@@ -524,3 +526,117 @@ async def test_empty_stream_still_ends_with_done(client: httpx.AsyncClient, serv
     service.on_chat = stream
     response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
     assert response.status_code == 200 and parse_sse(response.text) == ["[DONE]"]
+
+
+# ---------------------------------------------------------------- the drain's cut (InflightRequests)
+
+
+# Only turns a hang (a cut that never reaches the request) into a failure; no verdict depends on it.
+HANG_GUARD_S = 60
+
+
+def service_restarting() -> Any:
+    return restarting("the ingress replica is shutting down and its drain ran out", "service_restarting")
+
+
+class CutWhenTheClientHasAnEvent:
+    """ASGI wrapper on the client's side of the app: cuts `inflight` once the first SSE event has
+    been sent, so the cut lands in a stream whose response has started."""
+
+    def __init__(self, app: Any, inflight: InflightRequests):
+        self.app = app
+        self.inflight = inflight
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def watching_send(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and b"data: " in message.get("body", b""):
+                self.inflight.cut(service_restarting())
+
+        await self.app(scope, receive, watching_send)
+
+
+async def test_a_cut_ends_a_request_waiting_on_the_service_with_a_503_and_retry_after(
+    make_client, service: FakeService, metrics: FakeMetrics
+) -> None:
+    inflight = InflightRequests()
+    entered = asyncio.Event()
+    outcome: list[str] = []
+
+    async def blocked(request: ChatCompletionRequest, request_id: str) -> Any:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    async def cut_when_entered() -> None:
+        await entered.wait()
+        inflight.cut(service_restarting())
+
+    service.on_chat = blocked
+    cutter = asyncio.create_task(cut_when_entered())
+    async with (
+        make_client(app=build_api(service, KeyPolicy(), metrics, inflight)) as client,  # type: ignore[arg-type]
+        asyncio.timeout(HANG_GUARD_S),
+    ):
+        response = await client.post("/v1/chat/completions", json=CHAT)
+    await cutter
+    error = error_of(response, 503)
+    assert (error["type"], error["code"]) == ("service_unavailable", "service_restarting")
+    assert response.headers["retry-after"] == "5"
+    assert response.headers["x-request-id"].startswith("req-")
+    assert outcome == ["cancelled"]  # the model call behind the request is cancelled
+    assert ("qwen2.5-7b", 503, "service_restarting") in metrics.named("error")
+    assert inflight.open == 0
+
+
+async def test_a_cut_ends_a_started_stream_with_an_error_event_then_done(
+    make_client, service: FakeService, metrics: FakeMetrics
+) -> None:
+    inflight = InflightRequests()
+    source_closed: list[bool] = []
+
+    async def stream(request: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]:
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield sse_chunk("partial")
+                await asyncio.Event().wait()
+                yield sse_chunk("never")  # pragma: no cover
+            finally:
+                source_closed.append(True)
+
+        return events()
+
+    service.on_chat = stream
+    app = CutWhenTheClientHasAnEvent(build_api(service, KeyPolicy(), metrics, inflight), inflight)  # type: ignore[arg-type]
+    async with make_client(app=app) as client, asyncio.timeout(HANG_GUARD_S):
+        response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert response.status_code == 200
+    events = parse_sse(response.text)
+    assert len(events) == 3, events
+    first, cut, done = events
+    assert isinstance(first, dict) and isinstance(cut, dict)
+    assert first["choices"][0]["delta"]["content"] == "partial"
+    assert cut["error"]["code"] == "service_restarting"
+    assert cut["error"]["type"] == "service_unavailable"
+    assert "Retry in 5 s" in cut["error"]["message"]
+    assert done == "[DONE]" and response.text.endswith(DONE)
+    assert source_closed == [True]
+    assert ("qwen2.5-7b", 200, "service_restarting") in metrics.named("error")
+
+
+async def test_after_a_cut_new_requests_get_a_503_without_reaching_the_service(
+    make_client, service: FakeService, metrics: FakeMetrics
+) -> None:
+    inflight = InflightRequests()
+    async with make_client(app=build_api(service, KeyPolicy(), metrics, inflight)) as client:  # type: ignore[arg-type]
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        inflight.cut(service_restarting())
+        refused = await client.post("/v1/chat/completions", json=CHAT)
+        streamed = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    for response in (refused, streamed):
+        error = error_of(response, 503)
+        assert error["code"] == "service_restarting" and response.headers["retry-after"] == "5"
+    assert len(service.chat_calls) == 1

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from integration.support import UndecodableEvent, _sse_events, sse_event_data
 
 from serve_app.protocol import ChatChunkChoice, ChatCompletionChunk, DeltaMessage
 from serve_app.sse import DONE, encode_event
-from tests.integration.support import UndecodableEvent, _sse_events, sse_event_data
 
 AWKWARD = "a\u2028b\u2029c\x85d\ve\x1cf\u00e9"  # characters str.splitlines() splits at
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -84,13 +83,22 @@ def test_forgotten_replicas_no_longer_count() -> None:
 
 
 class FakeClock:
-    """Stands in for the `time` module of model_directory: real monotonic time plus an offset."""
+    """Stands in for the `time` module of model_directory: a fixed time plus an offset (no real
+    time, so a slow machine cannot age a report past the TTL)."""
 
     def __init__(self) -> None:
         self.offset = 0.0
 
     def monotonic(self) -> float:
-        return time.monotonic() + self.offset
+        return 1000.0 + self.offset
+
+
+def _stamp_reports(state: ModelDirectoryState, clock: FakeClock) -> None:
+    """Date the reports by the fake clock: ReplicaReport's default_factory bound the real
+    time.monotonic at import, out of the monkeypatch's reach."""
+    for reports in state.reports.values():
+        for report in reports.values():
+            report.at = clock.monotonic()
 
 
 def test_stale_reports_expire(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,6 +107,7 @@ def test_stale_reports_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     state = ModelDirectoryState(["m"])
     state.report("m", "r1", "ready", None)
     state.report("m", "r2", "ready", None)
+    _stamp_reports(state, clock)
     clock.offset = REPORT_TTL_S - 1
     assert state.status("m")["replicas"] == {"ready": 2}
     clock.offset = REPORT_TTL_S + 1  # nobody reported for longer than the TTL
@@ -112,6 +121,7 @@ def test_only_the_silent_replica_expires(monkeypatch: pytest.MonkeyPatch) -> Non
     state = ModelDirectoryState(["m"])
     state.report("m", "dead-replica", "loading", "stuck")
     state.report("m", "live-replica", "ready", None)
+    _stamp_reports(state, clock)
     assert state.status("m")["state"] == "loading"
     # The dead replica's last report is older than the TTL; the live one just reported.
     state.reports["m"]["dead-replica"].at -= REPORT_TTL_S + 1

@@ -209,13 +209,18 @@ async def test_a_step_rejected_by_its_model_keeps_status_and_param() -> None:
 
 
 async def test_a_step_that_times_out_is_a_504_naming_the_step() -> None:
+    # The critic never answers, so only the step timeout can end it; the timeout is long enough
+    # that the instant generator step cannot hit it on a slow machine (0.02 s once could).
+    async def never() -> None:
+        await asyncio.Event().wait()
+
     generator = FakeModelClient(GEN, [Reply("d0")])
-    critic = FakeModelClient(CRITIC, [Reply(APPROVED)], delay_s=5)
-    pipeline = CritiquePipeline(request(), "req-1", 0.02, generator, critic, 2)
+    critic = FakeModelClient(CRITIC, [Reply(APPROVED)], before=never)
+    pipeline = CritiquePipeline(request(), "req-1", 0.5, generator, critic, 2)
     with pytest.raises(UpstreamTimeout) as caught:
-        await asyncio.wait_for(run(pipeline), 2)
+        await asyncio.wait_for(run(pipeline), 60)
     assert caught.value.status == 504
-    assert caught.value.message == f"The critic step (round 1, model {CRITIC}) failed: timed out after 0.02s"
+    assert caught.value.message == f"The critic step (round 1, model {CRITIC}) failed: timed out after 0.5s"
     assert critic.cancelled, "the timed-out model call must be cancelled, not left running"
 
 

@@ -1,0 +1,403 @@
+"""deployments/model_replica.py: load/unload, the drain and its cut, stop handling and reconciling,
+with a FakeEngine, a FakeDirectoryClient and a FakeClock (no Ray, no real waiting).
+
+Requests go the way deployments/model_server.py sends them: `replica.serving()[0].stream(...)`
+inside `replica.admitted()`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from deployments.model_replica import DRAIN_POLL_S, RECONCILE_PERIOD_S, DrainBudgets, ModelReplica
+from serve_app.config.app_args import RequestLimits
+from serve_app.errors import ModelNotLoaded, ServiceError, ServiceUnavailable
+from serve_app.protocol import ChatCompletionChunk, ChatCompletionRequest, ModelState
+
+from ..fakes import FakeClock, FakeEngine
+
+MODEL = "qwen2.5-7b"
+REPLICA = "replica-1"
+BUDGETS = DrainBudgets(unload_s=2.0, shutdown_s=30.0, margin_s=5.0)
+TURNS = 200
+
+
+async def turns_until(predicate: Callable[[], bool], turns: int = TURNS) -> None:
+    for _ in range(turns):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    assert predicate(), f"not reached within {turns} loop turns"
+
+
+class FakeDirectoryClient:
+    """The ModelDirectory as a replica sees it: records reports, answers `desired`; `stopping`
+    answers is_stopping; `report_errors` makes that many next reports raise."""
+
+    def __init__(self, desired: str = "loaded") -> None:
+        self.desired = desired
+        self.stopping = False
+        self.report_errors = 0
+        self.reports: list[tuple[ModelState, str | None]] = []
+        self.stop_questions = 0
+
+    async def report(self, model_id: str, replica_id: str, state: ModelState, error: str | None) -> str:
+        assert (model_id, replica_id) == (MODEL, REPLICA)
+        if self.report_errors:
+            self.report_errors -= 1
+            raise ConnectionError("directory unreachable")
+        self.reports.append((state, error))
+        return self.desired
+
+    async def is_stopping(self, replica_id: str) -> bool:
+        assert replica_id == REPLICA
+        self.stop_questions += 1
+        return self.stopping
+
+    @property
+    def states(self) -> list[ModelState]:
+        return [state for state, _ in self.reports]
+
+
+def make_replica(
+    engine: FakeEngine | None = None,
+    directory: FakeDirectoryClient | None = None,
+    clock: FakeClock | None = None,
+    budgets: DrainBudgets = BUDGETS,
+) -> ModelReplica:
+    clock = clock or FakeClock()
+    engine = engine or FakeEngine()
+    engine.clock = clock
+    return ModelReplica(
+        MODEL,
+        REPLICA,
+        engine,
+        RequestLimits(),
+        directory or FakeDirectoryClient(),
+        budgets,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
+def chat_request() -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    )
+
+
+async def chat_stream(replica: ModelReplica, received: list[ChatCompletionChunk]) -> None:
+    with replica.admitted():
+        chunks = await replica.serving()[0].stream(chat_request(), "req-1")
+        async for chunk in chunks:
+            received.append(chunk)
+
+
+def content_of(chunks: list[ChatCompletionChunk]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def admission_error(replica: ModelReplica) -> ServiceError:
+    with pytest.raises(ServiceError) as refused, replica.admitted():
+        pytest.fail("the request was admitted")
+    return refused.value
+
+
+async def open_paused_stream(
+    replica: ModelReplica, engine: FakeEngine
+) -> tuple[asyncio.Task[None], list[ChatCompletionChunk]]:
+    """A stream that has sent its first content chunk and waits on the engine."""
+    received: list[ChatCompletionChunk] = []
+    task = asyncio.create_task(chat_stream(replica, received))
+    await turns_until(lambda: engine.paused == 1 and len(received) == 2)
+    assert replica.inflight == 1
+    return task, received
+
+
+# ---------------------------------------------------------------- start
+
+
+async def test_start_loads_when_the_model_is_desired_loaded() -> None:
+    engine, directory = FakeEngine(), FakeDirectoryClient("loaded")
+    replica = make_replica(engine, directory)
+    await replica.start()
+    assert replica.state == "ready" and engine.running and engine.starts == 1
+    assert directory.states == ["unloaded", "loading"]
+    received: list[ChatCompletionChunk] = []
+    await chat_stream(replica, received)
+    assert content_of(received) == "Hello there!"
+    assert received[-1].choices[0].finish_reason == "stop"
+    assert replica.inflight == 0
+
+
+async def test_start_does_not_load_when_the_model_is_desired_unloaded() -> None:
+    engine, directory = FakeEngine(), FakeDirectoryClient("unloaded")
+    replica = make_replica(engine, directory)
+    await replica.start()
+    assert replica.state == "unloaded" and engine.starts == 0 and not engine.running
+    assert directory.states == ["unloaded"]
+    error = admission_error(replica)
+    assert isinstance(error, ModelNotLoaded) and error.status == 409
+
+
+async def test_an_engine_that_cannot_start_fails_the_replica() -> None:
+    engine = FakeEngine(start_error=RuntimeError("CUDA out of memory"))
+    directory = FakeDirectoryClient("loaded")
+    replica = make_replica(engine, directory)
+    with pytest.raises(RuntimeError, match=f"engine of {MODEL} failed to start"):
+        await replica.start()
+    assert replica.state == "failed"
+    assert replica.error == "engine failed to start: RuntimeError"
+    assert engine.shutdowns == 1  # what the engine had started is stopped
+    assert directory.reports[-1] == ("failed", "engine failed to start: RuntimeError")
+    error = admission_error(replica)
+    assert isinstance(error, ServiceUnavailable) and error.code == "model_loading"
+
+
+# ---------------------------------------------------------------- unload
+
+
+async def test_unload_without_open_requests_shuts_the_engine_down_at_once() -> None:
+    engine, directory, clock = FakeEngine(), FakeDirectoryClient(), FakeClock()
+    replica = make_replica(engine, directory, clock)
+    await replica.start()
+    await replica.unload()
+    assert replica.state == "unloaded" and engine.shutdowns == 1 and not engine.running
+    assert engine.aborted_all == 0 and clock.sleeps == []
+    assert directory.states[-1] == "unloading"
+    assert isinstance(admission_error(replica), ModelNotLoaded)
+
+
+async def test_unload_cuts_a_stream_that_outlasts_the_drain_with_model_unloading() -> None:
+    engine = FakeEngine(pause_after=1)
+    clock = FakeClock(auto=False)
+    replica = make_replica(engine, clock=clock)
+    await replica.start()
+    stream, received = await open_paused_stream(replica, engine)
+
+    unloading = asyncio.create_task(replica.unload())
+    await turns_until(lambda: replica.state == "unloading" and clock.sleeping == 1)
+    await clock.advance(BUDGETS.unload_s - DRAIN_POLL_S)
+    assert engine.aborted_all == 0 and not stream.done() and engine.running  # still within budget
+    await clock.advance(2 * DRAIN_POLL_S)
+    # cut at the first drain poll at or past the budget
+    [aborted_at] = engine.aborted_at
+    assert BUDGETS.unload_s <= aborted_at <= BUDGETS.unload_s + DRAIN_POLL_S
+    await turns_until(stream.done)
+    await clock.advance(BUDGETS.margin_s)
+    await turns_until(unloading.done)
+    await unloading
+
+    error = stream.exception()
+    assert isinstance(error, ServiceUnavailable)
+    assert (error.status, error.code, error.retry_after_s) == (503, "model_unloading", 5)
+    assert content_of(received) == "Hello"  # what was sent before the cut stays sent
+    assert all(c.choices[0].finish_reason is None for c in received if c.choices)
+    assert engine.shutdowns == 1 and not engine.running and replica.state == "unloaded"
+    assert replica.inflight == 0
+
+
+async def test_requests_during_an_unload_get_model_not_loaded() -> None:
+    engine = FakeEngine(pause_after=1)
+    clock = FakeClock(auto=False)
+    replica = make_replica(engine, clock=clock)
+    await replica.start()
+    stream, _ = await open_paused_stream(replica, engine)
+    unloading = asyncio.create_task(replica.unload())
+    await turns_until(lambda: replica.state == "unloading" and clock.sleeping == 1)
+    error = admission_error(replica)
+    assert isinstance(error, ModelNotLoaded) and (error.status, error.code) == (409, "model_not_loaded")
+    engine.release()
+    await turns_until(stream.done)
+    await clock.advance(DRAIN_POLL_S)
+    await unloading
+    assert stream.exception() is None
+
+
+async def test_a_request_that_ends_within_the_unload_budget_completes_normally() -> None:
+    engine = FakeEngine(pause_after=1)
+    clock = FakeClock(auto=False)
+    replica = make_replica(engine, clock=clock)
+    await replica.start()
+    stream, received = await open_paused_stream(replica, engine)
+    unloading = asyncio.create_task(replica.unload())
+    await turns_until(lambda: replica.state == "unloading" and clock.sleeping == 1)
+    await clock.advance(BUDGETS.unload_s / 2)
+    assert engine.running and not stream.done()
+    engine.release()
+    await turns_until(stream.done)
+    assert engine.running  # the engine outlives the request it drains
+    await clock.advance(DRAIN_POLL_S)
+    await unloading
+    assert stream.exception() is None
+    assert content_of(received) == "Hello there!"
+    assert received[-1].choices[0].finish_reason == "stop"
+    assert engine.aborted_all == 0 and replica.cut_error is None
+    assert engine.shutdowns == 1 and replica.state == "unloaded"
+
+
+async def test_after_an_unload_that_cut_requests_the_model_answers_model_not_loaded() -> None:
+    engine = FakeEngine(pause_after=1)
+    replica = make_replica(engine)  # auto clock: the drain runs out at once
+    await replica.start()
+    stream, _ = await open_paused_stream(replica, engine)
+    await replica.unload()
+    with pytest.raises(ServiceUnavailable, match="being unloaded"):
+        await stream
+    assert replica.state == "unloaded" and engine.aborted_all == 1
+    error = admission_error(replica)
+    assert isinstance(error, ModelNotLoaded), f"{error.status} {error.code}"
+
+
+def traceback_length(error: BaseException) -> int:
+    length, tb = 0, error.__traceback__
+    while tb is not None:
+        length, tb = length + 1, tb.tb_next
+    return length
+
+
+async def test_refusals_after_a_cut_do_not_accumulate_tracebacks() -> None:
+    engine = FakeEngine(pause_after=1)
+    replica = make_replica(engine)
+    await replica.start()
+    stream, _ = await open_paused_stream(replica, engine)
+    await replica.unload()
+    with pytest.raises(ServiceUnavailable):
+        await stream
+    lengths = [traceback_length(admission_error(replica)) for _ in range(20)]
+    assert lengths[-1] == lengths[0], lengths
+
+
+async def test_a_reload_after_a_cut_unload_admits_requests_again() -> None:
+    engine = FakeEngine(pause_after=1)
+    replica = make_replica(engine)
+    await replica.start()
+    stream, _ = await open_paused_stream(replica, engine)
+    await replica.unload()
+    with pytest.raises(ServiceUnavailable, match="being unloaded"):
+        await stream
+    await replica.load()
+    received: list[ChatCompletionChunk] = []
+    await chat_stream(replica, received)  # no longer pauses: the abort released the engine
+    assert content_of(received) == "Hello there!" and replica.state == "ready"
+
+
+# ---------------------------------------------------------------- stop (redeploy, downscale)
+
+
+async def test_a_stopping_replica_refuses_new_requests_and_cuts_open_ones_at_budget_minus_margin() -> None:
+    engine = FakeEngine(pause_after=1)
+    clock = FakeClock(auto=False)
+    directory = FakeDirectoryClient()
+    replica = make_replica(engine, directory, clock)
+    await replica.start()
+    stream, received = await open_paused_stream(replica, engine)
+
+    watcher = asyncio.create_task(replica.watch_for_stop())
+    await turns_until(lambda: clock.sleeping == 1)
+    await clock.advance(5.0)  # five polls: not stopping
+    assert directory.stop_questions == 6 and not replica.stopping
+    received_before = len(received)
+
+    directory.stopping = True
+    await clock.advance(1.0)
+    seen_at = clock.now
+    assert replica.stopping and directory.stop_questions == 7
+    refused = admission_error(replica)
+    assert isinstance(refused, ServiceUnavailable)
+    assert (refused.code, refused.retry_after_s) == ("model_restarting", 5)
+    assert engine.aborted_all == 0 and not stream.done()
+
+    budget_left = BUDGETS.shutdown_s - BUDGETS.margin_s
+    await clock.advance(budget_left - 0.5)
+    assert engine.aborted_all == 0 and not stream.done()
+    await clock.advance(0.5)
+    assert engine.aborted_at == [seen_at + budget_left]
+    await turns_until(stream.done)
+    await clock.advance(BUDGETS.margin_s)
+    await turns_until(watcher.done)
+    await watcher
+
+    error = stream.exception()
+    assert isinstance(error, ServiceUnavailable)
+    assert (error.status, error.code, error.retry_after_s) == (503, "model_restarting", 5)
+    assert len(received) == received_before and content_of(received) == "Hello"
+    assert replica.inflight == 0
+
+
+async def test_a_stopping_replica_with_nothing_open_cuts_nothing_and_keeps_refusing() -> None:
+    engine = FakeEngine()
+    directory = FakeDirectoryClient()
+    directory.stopping = True
+    replica = make_replica(engine, directory)
+    await replica.start()
+    await replica.watch_for_stop()
+    assert engine.aborted_all == 1 and replica.inflight == 0
+    error = admission_error(replica)
+    assert isinstance(error, ServiceUnavailable) and error.code == "model_restarting"
+
+
+# ---------------------------------------------------------------- reconcile_forever
+
+
+async def test_reconcile_forever_follows_the_desired_state() -> None:
+    engine = FakeEngine()
+    directory = FakeDirectoryClient("unloaded")
+    clock = FakeClock()
+    replica = make_replica(engine, directory, clock)
+    await replica.start()
+    reconciler = asyncio.create_task(replica.reconcile_forever())
+
+    await turns_until(lambda: len(clock.sleeps) >= 3)
+    assert replica.state == "unloaded" and engine.starts == 0
+
+    directory.desired = "loaded"
+    await turns_until(lambda: replica.state == "ready")
+    assert engine.starts == 1
+
+    directory.desired = "unloaded"
+    await turns_until(lambda: replica.state == "unloaded")
+    assert engine.shutdowns == 1
+
+    directory.report_errors = 3  # a directory that cannot be reached is asked again
+    directory.desired = "loaded"
+    await turns_until(lambda: replica.state == "ready")
+    assert engine.starts == 2 and directory.report_errors == 0
+
+    await turns_until(lambda: directory.states[-1] == "ready")  # reports double as heartbeats
+    assert set(clock.sleeps) == {RECONCILE_PERIOD_S}
+    reconciler.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reconciler
+
+
+async def test_reconcile_keeps_reporting_while_an_unload_drains() -> None:
+    engine = FakeEngine(pause_after=1)
+    directory = FakeDirectoryClient("loaded")
+    clock = FakeClock(auto=False)
+    replica = make_replica(
+        engine, directory, clock, DrainBudgets(unload_s=60.0, shutdown_s=30.0, margin_s=5.0)
+    )
+    await replica.start()
+    stream, _ = await open_paused_stream(replica, engine)
+    reconciler = asyncio.create_task(replica.reconcile_forever())
+    await turns_until(lambda: clock.sleeping == 1)
+
+    directory.desired = "unloaded"
+    await clock.advance(RECONCILE_PERIOD_S)
+    await turns_until(lambda: replica.state == "unloading")
+    reports = len(directory.reports)
+    await clock.advance(10 * RECONCILE_PERIOD_S)
+    assert len(directory.reports) >= reports + 10  # one report per period, the drain notwithstanding
+    assert directory.states[-1] == "unloading" and engine.starts == 1 and engine.aborted_all == 0
+
+    engine.release()
+    await turns_until(stream.done)
+    await clock.advance(RECONCILE_PERIOD_S)
+    await turns_until(lambda: replica.state == "unloaded")
+    assert stream.exception() is None and engine.shutdowns == 1 and engine.aborted_all == 0
+    reconciler.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reconciler
