@@ -26,10 +26,20 @@ class ServiceError(Exception):
     code: str | None = "internal_error"
     retry_after_s: int | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        internal: str | None = None,
+    ):
+        """`message` is what the client reads; `internal` (an engine's own exception text, say) is
+        only logged, with the request id, where the error becomes a response (`log_internal`)."""
         super().__init__(message)
         self.message = message
         self.param = param
+        self.internal = internal
         if code is not None:
             self.code = code
 
@@ -43,19 +53,27 @@ class ServiceError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keep param/code/retry-after when Ray pickles the error across a handle call.
-        return (_rebuild, (type(self), self.message, self.param, self.code, self.retry_after_s))
+        return (
+            _rebuild,
+            (type(self), self.message, self.param, self.code, self.retry_after_s, self.internal),
+        )
 
 
 def fresh(error: ServiceError) -> ServiceError:
     """A new instance of a stored error, to raise once: raising one stored instance for every
     request would chain each raise's frames onto its traceback."""
-    return _rebuild(type(error), error.message, error.param, error.code, error.retry_after_s)
+    return _rebuild(type(error), error.message, error.param, error.code, error.retry_after_s, error.internal)
 
 
 def _rebuild(
-    cls: type[ServiceError], message: str, param: str | None, code: str | None, retry_after_s: int | None
+    cls: type[ServiceError],
+    message: str,
+    param: str | None,
+    code: str | None,
+    retry_after_s: int | None,
+    internal: str | None = None,
 ) -> ServiceError:
-    error = cls(message, param=param, code=code)
+    error = cls(message, param=param, code=code, internal=internal)
     error.retry_after_s = retry_after_s
     return error
 
@@ -217,6 +235,14 @@ def to_service_error(exc: BaseException, *, request_id: str = "-") -> ServiceErr
         )
     logger.error("request %s failed with an unexpected error", request_id, exc_info=exc)
     return InternalError(f"Internal error while serving request {request_id}.")
+
+
+def log_internal(error: ServiceError, request_id: str) -> None:
+    """Log what the client was not told: the internal text behind a public error message."""
+    if error.internal:
+        logger.warning(
+            "request %s answered %s (%s): %s", request_id, error.status, error.code, error.internal
+        )
 
 
 def _is_engine_dead(exc: BaseException) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 from serve_app.draining import InflightRequests
-from serve_app.errors import PayloadTooLarge, ServiceError, Unauthorized
+from serve_app.errors import PayloadTooLarge, ServiceError, Unauthorized, log_internal
 from serve_app.metrics import NoMetrics, RequestMetrics
 
 Scope = MutableMapping[str, Any]
@@ -79,9 +79,12 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-def note_error(scope: Scope, error: ServiceError) -> None:
-    """Remember the error code for the request's metrics row."""
-    scope.setdefault("state", {})["error_code"] = error.code or error.type
+def note_error(scope: Scope, error: ServiceError, key: str = "error_code") -> None:
+    """Remember the error code for the request's metrics row (`stream_error` for an error inside a
+    started stream), and log its internal text."""
+    state = scope.setdefault("state", {})
+    state[key] = error.code or error.type
+    log_internal(error, state.get("request_id", "-"))
 
 
 def note_model(scope: Scope, model: str) -> None:

@@ -95,7 +95,7 @@ async def stream_response(
                 yield event
         except Exception as exc:
             error = to_service_error(exc, request_id=rid)
-            request.scope.setdefault("state", {})["stream_error"] = error.code or error.type
+            note_error(request.scope, error, "stream_error")
             yield encode_event(error.body(), exclude_none=False)
         yield DONE
 

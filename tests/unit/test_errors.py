@@ -183,3 +183,18 @@ def test_invalid_request_from_handles_fastapi_body_locations() -> None:
         [{"type": "greater_than", "loc": ("body", "top_p"), "msg": "Input should be greater than 0"}]
     )
     assert error.param == "top_p" and error.message == "top_p: Input should be greater than 0"
+
+
+def test_internal_text_is_logged_never_sent(caplog: pytest.LogCaptureFixture) -> None:
+    import pickle
+
+    from serve_app.errors import InvalidRequest, log_internal
+
+    error = InvalidRequest("The engine rejected top_k.", param="top_k", internal="ValueError: top_k=-7 < -1")
+    body = error.body().model_dump_json()
+    assert "-7" not in body and "ValueError" not in body
+    copy = pickle.loads(pickle.dumps(error))  # as Ray carries it across a handle call
+    assert (copy.internal, copy.param, copy.code) == (error.internal, "top_k", error.code)
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        log_internal(copy, "req-9")
+    assert "req-9" in caplog.text and "top_k=-7" in caplog.text
