@@ -4,6 +4,8 @@
 #   scripts/cluster.sh deploy  # redeploy a changed config onto the running cluster
 #   scripts/cluster.sh stop
 #   scripts/cluster.sh status
+#   scripts/cluster.sh dashboard   # the Ray dashboard's URL and the token its login asks for
+#   scripts/cluster.sh env         # `eval "$(scripts/cluster.sh env)"`: plain `serve`, `ray` authenticate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -88,5 +90,11 @@ case "${1:-}" in
   deploy) deploy ;;
   stop) stop ;;
   status) serve status ;;
-  *) echo "usage: $0 start|deploy|stop|status" >&2; exit 2 ;;
+  dashboard)
+    echo "Ray dashboard: http://127.0.0.1:8265 (on a remote host: ssh -L 8265:127.0.0.1:8265 <host>)"
+    echo "It asks for this cluster's token (Ray token auth; kept in $RAY_AUTH_TOKEN_PATH):"
+    cat "$RAY_AUTH_TOKEN_PATH" ;;
+  env)
+    echo "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH='$RAY_AUTH_TOKEN_PATH'" ;;
+  *) echo "usage: $0 start|deploy|stop|status|dashboard|env" >&2; exit 2 ;;
 esac

@@ -22,6 +22,15 @@ if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; the
   touch "$VENV/.installed"
 fi
 
+# A real browser for tests/system/test_dashboard.py: Debian's chromium and its chromedriver (as root,
+# as in CI; elsewhere install them yourself or the test says what is missing).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing chromium and chromium-driver (Debian packages) for the dashboard test"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+fi
+
 if [ ! -f models/tiny-llama/config.json ]; then
   echo "==> building the tiny random-weight checkpoint (offline)"
   "$VENV/bin/python" -m serve_app.tiny_checkpoint --out models/tiny-llama
