@@ -22,6 +22,18 @@ if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; the
   touch "$VENV/.installed"
 fi
 
+# kubectl builds the kustomizations in the manifest tests (tests/unit/test_k8s_*.py fail without
+# it, they do not skip). Debian's kubernetes-client (kubectl 1.20) suffices: k8s/ avoids newer
+# kustomize syntax. Root installs it; anyone else is told how.
+if ! command -v kubectl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing kubectl (Debian package kubernetes-client) for the manifest tests"
+    apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null
+  else
+    echo "WARNING: kubectl missing; the manifest tests will fail: apt-get install kubernetes-client" >&2
+  fi
+fi
+
 if [ ! -f models/tiny-llama/config.json ]; then
   echo "==> building the tiny random-weight checkpoint (offline)"
   "$VENV/bin/python" -m serve_app.tiny_checkpoint --out models/tiny-llama
