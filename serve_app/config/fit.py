@@ -11,7 +11,7 @@ Ray packs replicas onto GPUs by `num_gpus`. All of that must hold, on one GPU pe
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from serve_app.config.loading import ConfigError
 from serve_app.config.schema import Catalog, GpuTarget, ModelSpec, Preset
@@ -103,7 +103,7 @@ def model_fit(spec: ModelSpec, gpu: GpuTarget, max_ongoing_requests: int | None 
             f"max_ongoing_requests {ongoing} x {TYPICAL_REQUEST_TOKENS} typical tokens = {wanted}; "
             "vLLM will queue or preempt inside the replica under full load"
         )
-        fit = ModelFit(**{**fit.__dict__, "warnings": (warning,)})
+        fit = replace(fit, warnings=(warning,))
     return fit
 
 
