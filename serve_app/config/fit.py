@@ -162,6 +162,16 @@ def check_preset_fits(
     if problems:
         raise ConfigError(f"preset {preset.name} does not fit: " + "; ".join(problems))
     for fit in fits:
+        logger.info(
+            "preset %s: %s holds %d tokens of KV cache per replica (%.2f GB after weights %.1f GB and "
+            "runtime %.2f GB)",
+            preset.name,
+            fit.model_id,
+            fit.kv_capacity_tokens,
+            fit.kv_capacity_gb,
+            fit.weights_gb,
+            fit.runtime_gb,
+        )
         for warning in fit.warnings:
             logger.warning("preset %s: %s", preset.name, warning)
     return fits

@@ -197,9 +197,10 @@ def test_fit_check_logs_warnings_and_takes_serving_overrides(
     catalog: Catalog, caplog: pytest.LogCaptureFixture
 ) -> None:
     preset = load_preset(PRESETS_DIR, "single-llama-3.2-3b", catalog)
-    with caplog.at_level("WARNING", logger="ray.serve"):
+    with caplog.at_level("INFO", logger="ray.serve"):
         fits = check_preset_fits(preset, catalog)
     assert fits[0].warnings and "KV cache holds" in caplog.text
+    assert f"llama-3.2-3b holds {fits[0].kv_capacity_tokens} tokens of KV cache per replica" in caplog.text
     assert check_preset_fits(preset, catalog, {"llama-3.2-3b": 8})[0].warnings == ()
 
 
