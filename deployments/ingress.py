@@ -18,9 +18,6 @@ from serve_app.model_client import HandleModelClient
 from serve_app.routes import build_api
 from serve_app.service import InferenceService
 
-API_KEY_ENV = "INFERENCE_API_KEY"
-ADMIN_KEY_ENV = "INFERENCE_ADMIN_KEY"
-
 
 @serve.ingress()
 class Ingress:
@@ -36,7 +33,7 @@ class Ingress:
         clients = {model_id: HandleModelClient(model_id, h) for model_id, h in model_handles.items()}
         self.metrics = RayRequestMetrics()
         self.service = InferenceService(args, catalog, preset, fits, clients, directory, self.metrics)
-        self.policy = KeyPolicy.from_env_values(os.environ.get(API_KEY_ENV), os.environ.get(ADMIN_KEY_ENV))
+        self.policy = KeyPolicy.from_env(os.environ)
         self.inflight = InflightRequests()
         replica_id = serve.get_replica_context().replica_id.unique_id
         budget = args.ingress.graceful_shutdown_timeout_s

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from deployments.engine_start_gate import engine_start_slot
 from serve_app.errors import InvalidRequest, ServiceUnavailable
 from serve_app.serving.engine_api import EngineStep, SampleDelta, SamplingSpec, TokenLogprob
 
@@ -104,16 +105,18 @@ class VLLMEngine:
         # vLLM's own metrics (vllm:*), exported through Ray's metrics endpoint like ours.
         # Building the engine blocks for the whole model load; in a thread, the replica keeps
         # answering health checks and refusing requests (503) meanwhile.
-        building = asyncio.get_running_loop().run_in_executor(
-            None, lambda: AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger])
-        )
-        try:
-            self._engine = await asyncio.shield(building)
-        except asyncio.CancelledError:
-            # The start timed out (engine_start_timeout_s) or the replica is stopping: the thread
-            # cannot be stopped, so shut the engine down once it exists instead of leaking it.
-            building.add_done_callback(_shut_down_when_built)
-            raise
+        # One engine start per device at a time (deployments/engine_start_gate.py), driver checked.
+        async with engine_start_slot(self.config.served_model_id, gpu=not self.config.cpu):
+            building = asyncio.get_running_loop().run_in_executor(
+                None, lambda: AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger])
+            )
+            try:
+                self._engine = await asyncio.shield(building)
+            except asyncio.CancelledError:
+                # The start timed out (engine_start_timeout_s) or the replica is stopping: the
+                # thread cannot be stopped, so shut the engine down once it exists, not leak it.
+                building.add_done_callback(_shut_down_when_built)
+                raise
         self._tokenizer = self._engine.get_tokenizer()
         # Our own copy for templating and tokenizing requests: long prompts are tokenized in a
         # worker thread (Serving._off_loop) while vLLM's detokenizer uses its instance on the

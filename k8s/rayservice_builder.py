@@ -1,8 +1,10 @@
 """Build the KubeRay RayService dict of one preset.
 
-The manifest carries the preset's Serve config as `serveConfigV2`, a CPU-only Ray head (GCS,
-dashboard, Serve controller, HTTP proxy, ingress replica) and one GPU worker group sized by
-k8s/sizing.py. The result is validated with the typed KubeRay model in k8s/rayservice_schema.py
+The manifest carries the preset's Serve config as `serveConfigV2`, a CPU-only Ray head that runs no
+replicas (`num-cpus: 0`: GCS, dashboard, Serve controller, HTTP proxy) and one GPU worker group sized
+by k8s/sizing.py that runs the engines and the ingress replica. The Serve Service is a TLS-terminating
+NLB, the API key Secret is required, and the GPU pods tell Karpenter not to disrupt them. The
+result is validated with the typed KubeRay model in k8s/rayservice_schema.py
 before it is returned, so a field the operator would silently drop fails rendering instead.
 """
 
@@ -16,8 +18,8 @@ import yaml
 from k8s.rayservice_schema import INITIALIZING_TIMEOUT_ANNOTATION, RayService
 from k8s.render_inputs import ProjectInfo
 from k8s.sizing import WorkerSizing, size_workers
-from serve_app.app import GPU_INGRESS_CPUS
 from serve_app.config import AppArgs, Catalog, Preset
+from serve_app.http_guard import ALLOW_ANONYMOUS_ENV, REQUIRE_API_KEY_ENV
 
 NAMESPACE = "inference"
 # One name for every preset: applying another preset's file is a KubeRay zero-downtime upgrade of the
@@ -28,7 +30,9 @@ IMAGE_NAME = "inference-cluster"  # built from k8s/Dockerfile; kustomize `images
 PRESET_LABEL = "inference-cluster/preset"
 
 HF_TOKEN_SECRET = ("hf-token", "token")
-API_KEYS_SECRET = "inference-api-keys"  # keys api-key and admin-key, both optional
+API_KEYS_SECRET = "inference-api-keys"  # key api-key required; admin-key and allow-anonymous optional
+# The ingress refuses to start without an API key unless the Secret says allow-anonymous: "true"
+# (serve_app/http_guard.py): an internet-facing endpoint is never open by accident.
 MODEL_CACHE_CLAIM = "model-cache"  # ReadWriteMany PVC on EFS, k8s/model-cache-pvc.yaml
 MODEL_CACHE_PATH = "/root/.cache/huggingface"
 
@@ -38,11 +42,30 @@ GCS_PORT = 6379
 CLIENT_PORT = 10001
 
 GIB = 1024**3
-# The Ray head runs GCS, the dashboard, the Serve controller, an HTTP proxy and the ingress replica
-# (num_cpus 1 in serve_app.app) - the model directory takes no CPU and model replicas need a GPU.
+# The Ray head runs GCS, the dashboard, the Serve controller and an HTTP proxy. As in KubeRay's
+# samples it advertises no CPUs to Ray, so no replica that needs one (the ingress) lands there: the
+# ingress runs on the GPU workers (k8s/sizing.py counts its CPU), and a busy head never slows it.
 HEAD_CPU = "2"
 HEAD_MEMORY = "8Gi"
-HEAD_RAY_CPUS = str(GPU_INGRESS_CPUS)
+HEAD_RAY_CPUS = "0"
+
+# The Serve Service: an internet-facing AWS Network Load Balancer terminating TLS on 443 with an ACM
+# certificate, forwarding to the Serve port. A TLS listener's idle timeout is fixed at 350 s, so
+# serveConfigV2's request_timeout_s is held below it (k8s/render_inputs.py): a request Serve would
+# still be working on is never cut silently by the NLB.
+TLS_PORT = 443
+# kustomization.yaml patches this with the real certificate ARN (docs/deploy-eks.md, step 10); an NLB
+# with it unreplaced fails to provision instead of serving plain HTTP.
+ACM_CERTIFICATE_PLACEHOLDER = "arn:aws:acm:REGION:ACCOUNT_ID:certificate/SET-ME"
+NLB_ANNOTATIONS = {
+    "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
+    "service.beta.kubernetes.io/aws-load-balancer-ssl-cert": ACM_CERTIFICATE_PLACEHOLDER,
+    "service.beta.kubernetes.io/aws-load-balancer-ssl-ports": str(TLS_PORT),
+}
+# Karpenter never drains a node for consolidation or drift while a pod with this runs: replacing
+# the one GPU worker would be a 10-20 minute outage. Upgrades roll through a RayService NewCluster
+# upgrade instead (docs/deploy-eks.md, "How upgrades roll").
+DO_NOT_DISRUPT_ANNOTATION = "karpenter.sh/do-not-disrupt"
 HEAD_OBJECT_STORE_BYTES = 1 * GIB
 WORKER_OBJECT_STORE_BYTES = 2 * GIB
 
@@ -93,7 +116,14 @@ def _env() -> list[dict[str, Any]]:
         {"name": "HF_HOME", "value": MODEL_CACHE_PATH},
         {
             "name": "INFERENCE_API_KEY",
-            "valueFrom": {"secretKeyRef": {"name": API_KEYS_SECRET, "key": "api-key", "optional": True}},
+            "valueFrom": {"secretKeyRef": {"name": API_KEYS_SECRET, "key": "api-key"}},
+        },
+        {"name": REQUIRE_API_KEY_ENV, "value": "1"},
+        {
+            "name": ALLOW_ANONYMOUS_ENV,
+            "valueFrom": {
+                "secretKeyRef": {"name": API_KEYS_SECRET, "key": "allow-anonymous", "optional": True}
+            },
         },
         {
             "name": "INFERENCE_ADMIN_KEY",
@@ -153,7 +183,10 @@ def _head_group_spec(image: str, labels: dict[str, str], serve_port: int, drain_
         "lifecycle": _lifecycle(drain_s),
     }
     pod = {
-        "metadata": {"labels": {**labels, "app.kubernetes.io/component": "ray-head"}},
+        "metadata": {
+            "labels": {**labels, "app.kubernetes.io/component": "ray-head"},
+            "annotations": {DO_NOT_DISRUPT_ANNOTATION: "true"},
+        },
         "spec": {
             "terminationGracePeriodSeconds": drain_s + RAY_STOP_GRACE_S,
             "containers": [container],
@@ -197,7 +230,10 @@ def _gpu_worker_group_spec(
         "lifecycle": _lifecycle(drain_s),
     }
     pod = {
-        "metadata": {"labels": {**labels, "app.kubernetes.io/component": "ray-gpu-worker"}},
+        "metadata": {
+            "labels": {**labels, "app.kubernetes.io/component": "ray-gpu-worker"},
+            "annotations": {DO_NOT_DISRUPT_ANNOTATION: "true"},
+        },
         "spec": {
             "terminationGracePeriodSeconds": drain_s + RAY_STOP_GRACE_S,
             "nodeSelector": {"node.kubernetes.io/instance-type": sizing.instance.name},
@@ -227,12 +263,12 @@ def _serve_service(labels: dict[str, str], serve_port: int) -> dict[str, Any]:
         "metadata": {
             "name": SERVE_SERVICE_NAME,
             "labels": labels,
-            # Network Load Balancer (idle timeout 350 s; a Classic ELB cuts idle streams at 60 s).
-            "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"},
+            "annotations": dict(NLB_ANNOTATIONS),
         },
         "spec": {
             "type": "LoadBalancer",
-            "ports": [{"name": "serve", "port": serve_port, "targetPort": serve_port, "protocol": "TCP"}],
+            # Named "serve": KubeRay merges it with the head's serve port by that name.
+            "ports": [{"name": "serve", "port": TLS_PORT, "targetPort": serve_port, "protocol": "TCP"}],
         },
     }
 

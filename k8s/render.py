@@ -40,7 +40,7 @@ from k8s.render_inputs import (
 )
 from k8s.sizing import WorkerSizing, size_workers
 from serve_app.config import Preset, check_preset_fits, load_catalog, load_preset
-from serve_app.config.fit import RUNTIME_OVERHEAD_GB, ModelFit
+from serve_app.config.fit import ModelFit, usable_memory_gb
 
 OUTPUT_DIR = REPO_ROOT / "k8s" / "rayservice"
 RENDER_COMMAND = "python -m k8s.render"
@@ -62,14 +62,16 @@ _Dumper.add_representer(str, _str_representer)
 def _fit_lines(preset: Preset, fits: list[ModelFit], sizing: WorkerSizing) -> list[str]:
     gpu = preset.gpu
     lines = [
-        f"GPU fit (serve_app/config/fit.py) on {gpu.count} x {gpu.name} {gpu.memory_gb:g} GB:",
+        f"GPU fit (serve_app/config/fit.py) on {gpu.count} x {gpu.name} {gpu.memory_gb:g} GB "
+        f"({usable_memory_gb(gpu):.1f} GB as torch reports it):",
     ]
     for fit in fits:
         lines.append(
-            f"  {fit.model_id}: budget {fit.budget_gb:.1f} GB = weights {fit.weights_gb:.1f} + KV for one "
-            f"max-length sequence {fit.kv_min_gb:.2f} + runtime {RUNTIME_OVERHEAD_GB:.1f} "
-            f"+ spare {fit.spare_gb:.1f}"
+            f"  {fit.model_id}: budget {fit.budget_gb:.1f} GB = weights {fit.weights_gb:.1f} + runtime "
+            f"{fit.runtime_gb:.2f} + KV {fit.kv_capacity_gb:.2f} ({fit.kv_capacity_tokens} tokens; one "
+            f"max-length sequence {fit.kv_min_gb:.2f}, spare {fit.spare_gb:.1f})"
         )
+        lines += [f"  WARNING {warning}" for warning in fit.warnings]
     inst = sizing.instance
     lines.append(
         f"GPU workers: {inst.name} ({inst.gpus} GPU, {inst.vcpus} vCPU, {inst.memory_gib} GiB), "

@@ -22,6 +22,11 @@ SERVE_CONFIG_PATH = REPO_ROOT / "serve_config.yaml"
 PYPROJECT_PATH = REPO_ROOT / "pyproject.toml"
 
 BUILDER_IMPORT_PATH = "serve_app.app:build_app"
+# The NLB in front of a RayService drops a connection idle for 350 s (fixed on TLS listeners). A
+# non-streamed request sends nothing until it is done, so Serve must give up first and answer
+# (408/504) rather than the NLB cutting it silently: request_timeout_s is held this far below it.
+NLB_IDLE_TIMEOUT_S = 350
+NLB_TIMEOUT_MARGIN_S = 20
 
 
 class RenderError(ValueError):
@@ -54,8 +59,13 @@ def load_serve_config(path: Path = SERVE_CONFIG_PATH) -> dict[str, Any]:
 
 
 def serve_config_for(base: dict[str, Any], preset: str) -> tuple[dict[str, Any], AppArgs]:
-    """serve_config.yaml with args.preset set to `preset`, and its arguments validated by AppArgs."""
+    """serve_config.yaml with args.preset set to `preset` and request_timeout_s under the NLB's idle
+    timeout, and its arguments validated by AppArgs."""
     config = copy.deepcopy(base)
+    http = config.setdefault("http_options", {})
+    limit = NLB_IDLE_TIMEOUT_S - NLB_TIMEOUT_MARGIN_S
+    if http.get("request_timeout_s") is None or http["request_timeout_s"] > limit:
+        http["request_timeout_s"] = limit
     app = config["applications"][0]
     app["args"] = {**(app.get("args") or {}), "preset": preset}
     args = AppArgs.model_validate(app["args"])

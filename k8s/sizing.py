@@ -2,7 +2,8 @@
 
 `preset.gpu.name` picks the AWS instance family (GPU_INSTANCE_FAMILIES, the one table to edit for a
 new GPU), and the smallest size of it with `preset.gpu.count` GPUs and room for the engines that can
-share one node is the node type. Node counts come from packing the models' replica GPU fractions the
+share one node, the ingress replica and at least MIN_VCPUS_PER_GPU vCPUs per GPU is the node type.
+Node counts come from packing the models' replica GPU fractions the
 way Ray packs num_gpus.
 """
 
@@ -13,17 +14,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from k8s.render_inputs import RenderError
-from serve_app.app import GPU_MODEL_REPLICA_CPUS
+from serve_app.app import GPU_INGRESS_CPUS, GPU_MODEL_REPLICA_CPUS
 from serve_app.config import Catalog, Preset
 
 # Host (not GPU) memory one vLLM engine and its Serve replica use: CUDA context, torch, tokenizer,
 # sampler buffers. Plus what the Ray node itself takes (raylet, agent, proxy, object store).
 ENGINE_HOST_MEMORY_GIB = 6
 RAY_NODE_MEMORY_GIB = 4
-# Each model replica asks Ray for 1 CPU (serve_app.app.actor_options); vLLM's engine core and
-# detokenizer threads need one more per node outside Ray's accounting.
+# Each model replica asks Ray for 1 CPU (serve_app.app.actor_options), but a vLLM engine keeps
+# more busy than that: the replica process (API, tokenizing, detokenizing) and the EngineCore process
+# whose scheduler loop spins a core while it serves. The ingress replica (1 Ray CPU) runs on the GPU
+# workers too: the head advertises no CPUs (k8s/rayservice_builder.py).
 ENGINE_RAY_CPUS = GPU_MODEL_REPLICA_CPUS
+ENGINE_HOST_VCPUS = 2
+INGRESS_RAY_CPUS = GPU_INGRESS_CPUS
 NODE_CPU_HEADROOM = 1
+# Floor per GPU, as the GPU instance anchors (g6e.2xlarge, g5.2xlarge: 8 vCPUs per GPU) and vLLM's
+# guidance (2+ cores per engine, plus tokenization) have it: a 4-vCPU xlarge starves two engines.
+MIN_VCPUS_PER_GPU = 6
 # What a GPU node leaves a pod: one vCPU and a quarter of memory stay for kubelet, the OS and the
 # daemonsets (aws-node, kube-proxy, EFS CSI, NVIDIA device plugin, node exporter).
 NODE_RESERVED_VCPUS = 1
@@ -59,12 +67,12 @@ class GpuFamily:
 # preset.gpu.name -> AWS EC2 instance family with that GPU. The one table to edit for a new GPU; the
 # eksctl node groups and the Karpenter NodePool in k8s/cluster/ must offer the types presets use
 # (tests/unit/test_k8s_manifests.py checks that).
+# The 4-vCPU xlarge sizes are left out: below MIN_VCPUS_PER_GPU, no preset could use them.
 GPU_INSTANCE_FAMILIES: dict[str, GpuFamily] = {
     "NVIDIA L40S": GpuFamily(
         family="g6e",
         gpu_memory_gb=48,
         instance_types=(
-            InstanceType("g6e.xlarge", gpus=1, vcpus=4, memory_gib=32),
             InstanceType("g6e.2xlarge", gpus=1, vcpus=8, memory_gib=64),
             InstanceType("g6e.12xlarge", gpus=4, vcpus=48, memory_gib=384),
         ),
@@ -73,7 +81,6 @@ GPU_INSTANCE_FAMILIES: dict[str, GpuFamily] = {
         family="g5",
         gpu_memory_gb=24,
         instance_types=(
-            InstanceType("g5.xlarge", gpus=1, vcpus=4, memory_gib=16),
             InstanceType("g5.2xlarge", gpus=1, vcpus=8, memory_gib=32),
             InstanceType("g5.12xlarge", gpus=4, vcpus=48, memory_gib=192),
         ),
@@ -146,7 +153,9 @@ def size_workers(preset: Preset, catalog: Catalog) -> WorkerSizing:
         )
     count = preset.gpu.count
     engines = engines_per_node(preset, catalog, count)
-    need_cpus = engines * ENGINE_RAY_CPUS + NODE_CPU_HEADROOM
+    need_cpus = max(
+        engines * ENGINE_HOST_VCPUS + INGRESS_RAY_CPUS + NODE_CPU_HEADROOM, count * MIN_VCPUS_PER_GPU
+    )
     need_memory = engines * ENGINE_HOST_MEMORY_GIB + RAY_NODE_MEMORY_GIB
     candidates = [t for t in family.instance_types if t.gpus == count]
     fitting = [t for t in candidates if t.pod_cpus >= need_cpus and t.pod_memory_gib >= need_memory]

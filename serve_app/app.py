@@ -77,7 +77,8 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
     preset = load_preset(args.resolve(args.presets_dir), args.resolved_preset(), catalog)
     # The fit check is about GPUs; the CPU profile runs tiny checkpoints but keeps the real numbers
     # visible (GET /v1/presets/{name}) so a preset that would not fit its GPU is still refused.
-    fits = check_preset_fits(preset, catalog)
+    overrides = {m: o.max_ongoing_requests for m, o in args.serving_overrides.items()}
+    fits = check_preset_fits(preset, catalog, overrides)
     unknown = set(args.serving_overrides) - set(preset.models)
     if unknown:
         raise ConfigError(f"serving_overrides name models outside preset {preset.name}: {sorted(unknown)}")

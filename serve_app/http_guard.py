@@ -11,7 +11,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID_HEADER = "x-request-id"
+API_KEY_ENV = "INFERENCE_API_KEY"
+ADMIN_KEY_ENV = "INFERENCE_ADMIN_KEY"
+REQUIRE_API_KEY_ENV = "INFERENCE_REQUIRE_API_KEY"
+ALLOW_ANONYMOUS_ENV = "INFERENCE_ALLOW_ANONYMOUS"
 OPEN_PATHS = ("/health", "/-/")
 
 
@@ -44,6 +48,29 @@ class KeyPolicy:
             return tuple(k.strip() for k in (value or "").split(",") if k.strip())
 
         return KeyPolicy(split(api), split(admin))
+
+    @staticmethod
+    def from_env(env: Mapping[str, str]) -> KeyPolicy:
+        """The policy from INFERENCE_API_KEY / INFERENCE_ADMIN_KEY, enforcing INFERENCE_REQUIRE_API_KEY.
+
+        A deployment that sets INFERENCE_REQUIRE_API_KEY=1 (every rendered RayService does) refuses
+        to start without an API key, unless INFERENCE_ALLOW_ANONYMOUS is "true": serving an open API
+        must be an explicit choice, not the result of an empty or forgotten Secret.
+        """
+        policy = KeyPolicy.from_env_values(env.get(API_KEY_ENV), env.get(ADMIN_KEY_ENV))
+        required = env.get(REQUIRE_API_KEY_ENV, "").strip() == "1"
+        anonymous_ok = env.get(ALLOW_ANONYMOUS_ENV, "").strip().lower() == "true"
+        if required and not policy.api_keys and not anonymous_ok:
+            raise MissingApiKey(
+                f"{REQUIRE_API_KEY_ENV}=1 but {API_KEY_ENV} is empty: put an api-key in the "
+                f'inference-api-keys Secret, or opt out explicitly with allow-anonymous: "true" in it '
+                "(docs/deploy-eks.md, step 9)"
+            )
+        return policy
+
+
+class MissingApiKey(RuntimeError):
+    """The deployment requires an API key and none is configured."""
 
 
 def _matches(presented: str, keys: tuple[str, ...]) -> bool:

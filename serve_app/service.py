@@ -182,6 +182,9 @@ class InferenceService:
                     "weights_gb": f.weights_gb,
                     "kv_min_gb": round(f.kv_min_gb, 3),
                     "spare_gb": round(f.spare_gb, 3),
+                    "runtime_gb": round(f.runtime_gb, 3),
+                    "kv_capacity_tokens": f.kv_capacity_tokens,
+                    "warnings": list(f.warnings),
                 }
                 for f in self.fits
             ],

@@ -36,6 +36,11 @@ class Architecture(Strict):
     num_layers: int = Field(gt=0, description="Transformer layers.")
     num_kv_heads: int = Field(gt=0, description="Key/value heads (GQA groups).")
     head_dim: int = Field(gt=0, description="Dimension of one attention head.")
+    max_position_embeddings: int = Field(
+        gt=0,
+        description="The checkpoint's config.json max_position_embeddings: the longest context vLLM "
+        "accepts as max_model_len (without VLLM_ALLOW_LONG_MAX_MODEL_LEN).",
+    )
 
 
 class AutoscalingOptions(Strict):

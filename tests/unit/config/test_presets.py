@@ -22,7 +22,14 @@ from serve_app.config import (
     load_catalog,
     load_preset,
 )
-from serve_app.config.fit import MAX_TOTAL_UTILIZATION, RUNTIME_OVERHEAD_GB
+from serve_app.config.fit import (
+    MAX_TOTAL_UTILIZATION,
+    TORCH_TOTAL_MEMORY_GB,
+    TYPICAL_REQUEST_TOKENS,
+    model_fit,
+    runtime_overhead_gb,
+    usable_memory_gb,
+)
 
 from ..support import CATALOG_PATH, PRESETS_DIR
 
@@ -56,12 +63,15 @@ def test_catalog_and_preset_are_valid_and_fit(name: str) -> None:
     assert [fit.model_id for fit in fits] == list(preset.models)
     for fit in fits:
         spec = catalog.get(fit.model_id)
-        assert fit.budget_gb == pytest.approx(spec.gpu_memory_utilization * preset.gpu.memory_gb)
+        # vLLM's share is of the memory torch reports, which is below the nominal size.
+        assert preset.gpu.name in TORCH_TOTAL_MEMORY_GB
+        assert usable_memory_gb(preset.gpu) < preset.gpu.memory_gb
+        assert fit.budget_gb == pytest.approx(spec.gpu_memory_utilization * usable_memory_gb(preset.gpu))
         assert fit.kv_min_gb == pytest.approx(spec.kv_bytes_per_token * spec.max_model_len / 1e9)
-        assert fit.spare_gb == pytest.approx(
-            fit.budget_gb - fit.weights_gb - fit.kv_min_gb - RUNTIME_OVERHEAD_GB
-        )
+        assert fit.runtime_gb == pytest.approx(runtime_overhead_gb(spec))
+        assert fit.spare_gb == pytest.approx(fit.budget_gb - fit.weights_gb - fit.runtime_gb - fit.kv_min_gb)
         assert fit.spare_gb >= 0, f"{fit.model_id} does not fit {preset.gpu.name}"
+        assert spec.max_model_len <= spec.architecture.max_position_embeddings
 
 
 def test_list_presets_names_every_preset_file_but_the_catalog() -> None:
@@ -100,7 +110,7 @@ def _preset(models: list[str], *, memory_gb: float = 48, count: int = 1, name: s
 
 
 def test_fit_check_names_the_numbers_when_weights_exceed_the_budget(catalog: Catalog) -> None:
-    # 0.45 x 16 GB = 7.2 GB of budget for 15.2 GB of weights.
+    # 0.45 x 15.2 GB = 6.8 GB of budget for 15.2 GB of weights.
     preset = _preset(["deepseek-r1-7b", "qwen2.5-7b"], memory_gb=16)
     with pytest.raises(ConfigError) as caught:
         check_preset_fits(preset, catalog)
@@ -109,10 +119,10 @@ def test_fit_check_names_the_numbers_when_weights_exceed_the_budget(catalog: Cat
     for expected in (
         "deepseek-r1-7b",
         "qwen2.5-7b",
-        "budget 7.2 GB",
+        "budget 6.8 GB",  # 0.45 x 16 x 0.95: an unknown GPU counts 95 % of its nominal memory
         "weights 15.2 GB",
         "1.88 GB",
-        "runtime 1.0 GB",
+        "runtime 2.49 GB",
     ):
         assert expected in message, (expected, message)
 
@@ -139,6 +149,59 @@ def test_fit_check_refuses_utilisation_over_the_limit_on_one_gpu(catalog: Catalo
     with pytest.raises(ConfigError) as caught:
         check_preset_fits(_preset(["deepseek-r1-7b", "qwen2.5-7b"]), greedy_catalog)
     assert f"sums to 1.20 > {MAX_TOTAL_UTILIZATION}" in str(caught.value)
+
+
+def test_fit_check_refuses_max_model_len_beyond_max_position_embeddings(catalog: Catalog) -> None:
+    # granite-8b-code-instruct-128k's config.json: max_position_embeddings 128000, no RoPE scaling.
+    granite = catalog.get("granite-8b-code-128k")
+    assert granite.architecture.max_position_embeddings == 128000
+    assert granite.max_model_len <= 128000
+    too_long = granite.model_copy(update={"max_model_len": 131072})
+    with pytest.raises(ConfigError) as caught:
+        check_preset_fits(_preset([granite.id], memory_gb=80), Catalog(models=(too_long,)))
+    assert "max_model_len 131072 > the checkpoint's max_position_embeddings 128000" in str(caught.value)
+    assert len(check_preset_fits(_preset([granite.id], memory_gb=80), catalog)) == 1
+
+
+def test_runtime_overhead_grows_with_model_size_and_includes_cuda_graphs(catalog: Catalog) -> None:
+    small, large = catalog.get("llama-3.2-3b"), catalog.get("phi-4")
+    assert runtime_overhead_gb(small) < runtime_overhead_gb(large)
+    # CUDA graphs (on by default: the GPU profile never sets enforce_eager) cost real memory.
+    assert runtime_overhead_gb(large, cuda_graphs=False) < runtime_overhead_gb(large) - 0.5
+    # More than the 1 GB flat overhead the check used to assume, for every catalog model.
+    assert all(runtime_overhead_gb(spec) > 1.5 for spec in catalog.models)
+
+
+def test_usable_memory_is_what_torch_reports_not_the_nominal_size() -> None:
+    l40s = {"name": "NVIDIA L40S", "memory_gb": 48}
+    assert usable_memory_gb(Preset.model_validate({**_preset(["x"]).model_dump(), "gpu": l40s}).gpu) == 47.8
+    assert usable_memory_gb(_preset(["x"], memory_gb=80).gpu) == pytest.approx(76.0)
+
+
+def test_kv_capacity_in_tokens_and_the_concurrency_warning(catalog: Catalog) -> None:
+    llama = catalog.get("llama-3.2-3b")
+    a10g = Preset.model_validate(
+        {**_preset([llama.id]).model_dump(), "gpu": {"name": "NVIDIA A10G", "memory_gb": 24}}
+    ).gpu
+    fit = model_fit(llama, a10g)
+    expected = int((0.45 * 23.7 - 6.4 - runtime_overhead_gb(llama)) * 1e9 // llama.kv_bytes_per_token)
+    assert fit.kv_capacity_tokens == expected
+    assert 15_000 < expected < 30_000  # about 20k tokens for 32 concurrent requests
+    assert llama.serving.max_ongoing_requests * TYPICAL_REQUEST_TOKENS > expected
+    assert len(fit.warnings) == 1 and f"holds {expected} tokens" in fit.warnings[0]
+    # Fewer concurrent requests (a serving override) fit, and the warning goes.
+    assert model_fit(llama, a10g, max_ongoing_requests=8).warnings == ()
+
+
+def test_fit_check_logs_warnings_and_takes_serving_overrides(
+    catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    preset = load_preset(PRESETS_DIR, "single-llama-3.2-3b", catalog)
+    with caplog.at_level("INFO", logger="ray.serve"):
+        fits = check_preset_fits(preset, catalog)
+    assert fits[0].warnings and "KV cache holds" in caplog.text
+    assert f"llama-3.2-3b holds {fits[0].kv_capacity_tokens} tokens of KV cache per replica" in caplog.text
+    assert check_preset_fits(preset, catalog, {"llama-3.2-3b": 8})[0].warnings == ()
 
 
 # ---------------------------------------------------------------- schema strictness
