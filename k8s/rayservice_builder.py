@@ -91,7 +91,10 @@ def image_ref(info: ProjectInfo) -> str:
 
 def drain_seconds(preset: Preset, catalog: Catalog, args: AppArgs) -> int:
     """How long a stopping pod waits before `ray stop`: the longest Serve graceful shutdown."""
-    timeouts = [catalog.get(m).serving.graceful_shutdown_timeout_s for m in preset.models]
+    timeouts = [
+        args.serving_overrides.get(m, catalog.get(m).serving).graceful_shutdown_timeout_s
+        for m in preset.models
+    ]
     return math.ceil(max([*timeouts, args.ingress.graceful_shutdown_timeout_s]))
 
 
