@@ -11,7 +11,30 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
+
+from serve_app.serving.engine_api import StructuredOutput
+from serve_app.tools import (
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    check_message_tool_fields,
+    check_tool_choice,
+    check_unique_names,
+    constrained_output,
+)
 
 MAX_CRITIQUE_ROUNDS = 5
 MAX_TOP_LOGPROBS = 20
@@ -190,10 +213,25 @@ class TextPart(Request):
 
 
 class ChatMessage(Request):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
     name: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, min_length=1)
+    # Declared last and validated even when absent, so that the role's rules can name this field.
+    tool_call_id: str | None = Field(None, validate_default=True)
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_fields(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "role" in info.data:
+            check_message_tool_fields(
+                info.data["role"],
+                value,
+                bool(info.data.get("tool_calls")),
+                info.data.get("content") is not None,
+            )
+        return value
 
     def text(self) -> str:
         if self.content is None:
@@ -213,6 +251,54 @@ class ChatCompletionRequest(SamplingFields):
     orchestration_mode: Literal["single", "critique", "ensemble"] | None = Field(
         None, description="Shorthand for orchestration.mode."
     )
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, value: list[Tool] | None) -> list[Tool] | None:
+        check_unique_names(value)
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_fits_tools(cls, value: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        if "tools" in info.data:  # else tools failed validation and that error is reported
+            check_tool_choice(value, info.data["tools"])
+        return value
+
+    def tool_mode(self) -> Literal["none", "auto", "required", "named"]:
+        """How this request may call tools: never, as the model decides, or forced."""
+        if not self.tools or self.tool_choice == "none":
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return "required" if self.tool_choice == "required" else "auto"
+
+    def structured_output(self) -> StructuredOutput | None:
+        """The decoding constraint: a forced tool call's schema, else response_format's."""
+        return constrained_output(
+            self.tool_mode(), self.tools, self.tool_choice, self.parallel_tool_calls, self.response_format
+        )
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """The tools as the chat template and vLLM's tool parsers take them."""
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        """Messages as the chat template takes them (developer is system to every template)."""
+        out: list[dict[str, Any]] = []
+        for m in self.messages:
+            entry: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+            entry["content"] = m.text() if m.content is not None or not m.tool_calls else None
+            if m.tool_calls:
+                entry["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+            if m.tool_call_id is not None:
+                entry["tool_call_id"] = m.tool_call_id
+            out.append(entry)
+        return out
 
     @field_validator("top_logprobs")
     @classmethod
@@ -264,6 +350,15 @@ class AssistantMessage(Response):
     role: Literal["assistant"] = "assistant"
     content: str | None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _content_always(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # OpenAI always sends `content` (null when the answer is only reasoning or tool calls);
+        # responses are dumped with exclude_none, which would otherwise drop the key.
+        data: dict[str, Any] = handler(self)
+        data.setdefault("content", None)
+        return data
 
 
 class ChatChoice(Response):
@@ -287,6 +382,7 @@ class DeltaMessage(Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(Response):
@@ -384,6 +480,16 @@ class CompletionChunk(Response):
 ModelState = Literal["loading", "ready", "unloading", "unloaded", "failed"]
 
 
+class ModelCapabilities(Response):
+    """What a model can do through this API."""
+
+    tools: bool = True  # named and required tool_choice work on every model (constrained decoding)
+    tool_choice: list[str] = Field(default_factory=lambda: ["none", "required", "named"])
+    tool_parser: str | None = None
+    structured_outputs: list[str] = Field(default_factory=lambda: ["json_object", "json_schema"])
+    reasoning: bool = False
+
+
 class ModelCard(Response):
     id: str
     object: Literal["model"] = "model"
@@ -395,6 +501,7 @@ class ModelCard(Response):
     max_model_len: int | None = None
     replicas: dict[str, int] = Field(default_factory=dict)
     error: str | None = None
+    capabilities: ModelCapabilities | None = None
 
 
 class ModelList(Response):

@@ -25,7 +25,9 @@ INVALID_CHAT = [
     pytest.param({"n": 0}, "n", id="n-zero"),
     pytest.param({"max_tokens": 0}, "max_tokens", id="max_tokens-zero"),
     pytest.param({"messages": []}, "messages", id="messages-empty"),
-    pytest.param({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", id="role-tool"),
+    pytest.param(
+        {"messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool_call_id", id="tool-no-call-id"
+    ),
     pytest.param({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role", id="role-unknown"),
     pytest.param({"frobnicate": True}, "frobnicate", id="unknown-field"),
     pytest.param({"stop": ["a", "b", "c", "d", "e"]}, "stop", id="stop-five-sequences"),
