@@ -192,6 +192,7 @@ class OrchestrationStep(Response):
     latency_ms: float
     finish_reason: str | None
     verdict: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class OrchestrationInfo(Response):
@@ -484,7 +485,7 @@ class ModelCapabilities(Response):
     """What a model can do through this API."""
 
     tools: bool = True  # named and required tool_choice work on every model (constrained decoding)
-    tool_choice: list[str] = Field(default_factory=lambda: ["none", "required", "named"])
+    tool_choice: list[str]  # "auto" only with a tool parser
     tool_parser: str | None = None
     structured_outputs: list[str] = Field(default_factory=lambda: ["json_object", "json_schema"])
     reasoning: bool = False

@@ -22,6 +22,7 @@ from serve_app.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    ModelCapabilities,
     ModelCard,
     ModelList,
 )
@@ -102,6 +103,13 @@ class InferenceService:
             max_model_len=spec.max_model_len if self.args.profile == "gpu" else self.args.cpu.max_model_len,
             replicas=status.get("replicas", {}),
             error=status.get("error"),
+            capabilities=ModelCapabilities(
+                tool_choice=["none", "auto", "required", "named"]
+                if spec.tool_parser
+                else ["none", "required", "named"],
+                tool_parser=spec.tool_parser,
+                reasoning=spec.reasoning_parser is not None,
+            ),
         )
 
     def _require_deployed(self, model_id: str, param: str = "model") -> HandleModelClient:

@@ -217,3 +217,26 @@ def forced_calls(mode: str, text: str, tool_choice: ToolChoice | None) -> list[T
             for item in value
         ]
     return None
+
+
+class CallAssembler:
+    """Joins streamed tool-call deltas into whole calls, as the OpenAI SDK does."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def add(self, delta: ToolCallDelta) -> None:
+        call = self._calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+        call["id"] = delta.id or call["id"]
+        call["name"] += delta.function.name or ""
+        call["arguments"] += delta.function.arguments or ""
+
+    def calls(self) -> list[ToolCall] | None:
+        if not self._calls:
+            return None
+        return [
+            ToolCall(
+                id=c["id"] or new_call_id(), function=FunctionCall(name=c["name"], arguments=c["arguments"])
+            )
+            for _, c in sorted(self._calls.items())
+        ]
