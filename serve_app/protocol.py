@@ -30,7 +30,8 @@ from serve_app.tools import (
     ToolCall,
     ToolCallDelta,
     ToolChoice,
-    check_message_tool_fields,
+    check_content,
+    check_tool_call_id,
     check_tool_choice,
     check_unique_names,
     constrained_output,
@@ -215,23 +216,27 @@ class TextPart(Request):
 
 class ChatMessage(Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Text | list[TextPart] | None = None
     name: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ToolCall] | None = Field(None, min_length=1)
-    # Declared last and validated even when absent, so that the role's rules can name this field.
+    # Validated even when absent, after the fields they depend on, so that errors name them.
     tool_call_id: str | None = Field(None, validate_default=True)
+    content: Text | list[TextPart] | None = Field(None, validate_default=True)
 
     @field_validator("tool_call_id")
     @classmethod
-    def _tool_fields(cls, value: str | None, info: ValidationInfo) -> str | None:
+    def _tool_call_id_fits_role(cls, value: str | None, info: ValidationInfo) -> str | None:
         if "role" in info.data:
-            check_message_tool_fields(
-                info.data["role"],
-                value,
-                bool(info.data.get("tool_calls")),
-                info.data.get("content") is not None,
-            )
+            check_tool_call_id(info.data["role"], value)
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _content_fits_role(
+        cls, value: str | list[TextPart] | None, info: ValidationInfo
+    ) -> str | list[TextPart] | None:
+        if "role" in info.data:
+            check_content(info.data["role"], bool(info.data.get("tool_calls")), value is not None)
         return value
 
     def text(self) -> str:

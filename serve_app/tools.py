@@ -149,18 +149,18 @@ def check_unique_names(tools: list[Tool] | None) -> None:
         raise ValueError("function names must be unique")
 
 
-def check_message_tool_fields(
-    role: str, tool_call_id: str | None, has_calls: bool, has_content: bool
-) -> None:
-    """Raise ValueError when a message's tool fields do not fit its role."""
+def check_tool_call_id(role: str, tool_call_id: str | None) -> None:
     if role == "tool" and not tool_call_id:
         raise ValueError("a message of role 'tool' needs the tool_call_id it answers")
     if role != "tool" and tool_call_id is not None:
         raise ValueError("tool_call_id belongs on messages of role 'tool' only")
+
+
+def check_content(role: str, has_calls: bool, has_content: bool) -> None:
     if has_calls and role != "assistant":
         raise ValueError("tool_calls belong on messages of role 'assistant' only")
     if not has_content and not (role == "assistant" and has_calls):
-        raise ValueError("content is required (it may be null only on an assistant message with tool_calls)")
+        raise ValueError("content is required (null only on an assistant message with tool_calls)")
 
 
 def _required_schema(tools: list[Tool], parallel: bool | None) -> dict[str, Any]:

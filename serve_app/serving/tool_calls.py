@@ -36,7 +36,7 @@ def to_delta(call: ToolCall, index: int) -> ToolCallDelta:
     )
 
 
-def _chunk_delta(chunk: CallChunk) -> ToolCallDelta:
+def chunk_delta(chunk: CallChunk) -> ToolCallDelta:
     return ToolCallDelta(
         index=chunk.index,
         id=chunk.id,
@@ -101,7 +101,7 @@ class ChoiceTools:
                 previous_text, current_text, delta_text, previous_ids, current_ids, delta_ids
             )
             self.called = self.called or bool(chunks)
-            return content, [_chunk_delta(c) for c in chunks]
+            return content, [chunk_delta(c) for c in chunks]
         return delta_text or None, []
 
     def _named_delta(self, delta_text: str) -> list[ToolCallDelta]:
