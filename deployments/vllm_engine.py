@@ -189,6 +189,9 @@ class VLLMEngine:
             from vllm.tool_parsers import ToolParserManager
 
             self._tool_parser_cls = ToolParserManager.get_tool_parser(self.config.tool_parser)
+            # Some parsers look their markers up in the vocabulary (llama3_json: <|python_tag|>):
+            # a tokenizer without them fails here, at load, not on a client's request.
+            self._tool_parser_cls(self._tokenizer, [])
         await self._warm_up()
 
     async def _warm_up(self) -> None:

@@ -123,8 +123,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if (args.out / "config.json").exists():
-        print(f"checkpoint already at {args.out}")
-        return
+        vocab = json.loads((args.out / "tokenizer.json").read_text())["added_tokens"]
+        missing = set(REASONING_TOKENS + TOOL_TOKENS) - {t["content"] for t in vocab}
+        if not missing:
+            print(f"checkpoint already at {args.out}")
+            return
+        print(f"checkpoint at {args.out} predates tokens {sorted(missing)}; rebuilding it")
     print(f"built {build_checkpoint(args.out, seed=args.seed)}")
 
 

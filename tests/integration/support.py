@@ -55,7 +55,7 @@ D4_GENERATOR = "qwen2.5-7b"
 D4_CRITIC = "deepseek-r1-7b"
 D4_MODELS = [D4_CRITIC, D4_GENERATOR]
 MODEL_STATES = {"loading", "ready", "unloading", "unloaded", "failed"}
-FINISH_REASONS = {"stop", "length", "abort", "error"}
+FINISH_REASONS = {"stop", "length", "tool_calls", "abort", "error"}
 # Default model preference when a test just needs "some" model: fast, non-reasoning models first.
 _PREFERRED = ["llama-3.2-3b", "qwen2.5-7b", "phi-4", "granite-8b-code-128k", "phi-3-medium-128k"]
 
