@@ -8,6 +8,7 @@ own server builds), and `response_format` becomes a JSON or JSON-object constrai
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any, Literal
 
@@ -126,6 +127,19 @@ class ToolCallDelta(BaseModel):
     id: str | None = None
     type: Literal["function"] | None = None
     function: FunctionCallDelta
+
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
+
+
+def escape_control_characters(text: str) -> str:
+    """Constrained JSON output, made valid JSON: raw control characters become \\u00XX escapes.
+
+    xgrammar's JSON grammar lets a string hold raw U+0000-U+001F, which JSON forbids (random
+    weights write them). With free whitespace disabled (the engine's setting) such a character
+    can only occur inside a string, where the escape denotes the same character. Works per
+    streamed piece as well as on the whole text."""
+    return _CONTROL_CHARACTER.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def new_call_id() -> str:

@@ -88,7 +88,9 @@ class ChatServing(Serving):
     def _choice_tools(self, request: ChatCompletionRequest) -> ChoiceTools:
         mode = request.tool_mode()
         parser = self.engine.tool_parser(request.tool_dicts() or []) if mode == "auto" else None
-        return ChoiceTools(mode, request.tool_choice, parser)
+        return ChoiceTools(
+            mode, request.tool_choice, parser, json_output=request.structured_output() is not None
+        )
 
     async def create(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
         prompt, sampling = await self._off_loop(self._prepare, request, request.text_chars())

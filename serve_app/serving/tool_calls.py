@@ -17,6 +17,7 @@ from serve_app.tools import (
     FunctionCallDelta,
     NamedToolChoice,
     ToolChoice,
+    escape_control_characters,
     forced_calls,
     new_call_id,
 )
@@ -52,6 +53,7 @@ class ChoiceTools:
     mode: str
     tool_choice: ToolChoice | None
     parser: ToolCallParser | None = None
+    json_output: bool = False  # decoded under a JSON constraint (forced call or response_format)
     called: bool = False
     _buffer: str = ""
     _named_id: str | None = None
@@ -61,6 +63,8 @@ class ChoiceTools:
         self, content: str | None, finish_reason: str | None
     ) -> tuple[str | None, list[ToolCall] | None, str | None]:
         """(content, tool calls, finish reason) of a complete answer."""
+        if self.json_output and content:
+            content = escape_control_characters(content)
         text = content or ""
         if self.mode in ("named", "required"):
             calls = forced_calls(self.mode, text, self.tool_choice)
@@ -92,6 +96,8 @@ class ChoiceTools:
         finish_reason: str | None,
     ) -> tuple[str | None, list[ToolCallDelta]]:
         """(content, tool-call deltas) to stream for new answer text."""
+        if self.json_output:
+            delta_text = escape_control_characters(delta_text)
         if self.mode == "named":
             return None, self._named_delta(delta_text)
         if self.mode == "required":

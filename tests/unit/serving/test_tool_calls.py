@@ -336,3 +336,28 @@ def test_the_tiny_chat_template_renders_tools_calls_and_results() -> None:
     )
     assert '"name": "get_weather"' in text and "[call_1] sunny" in text
     assert '<tool_call>{"name": "get_weather", "arguments": {"city":"Paris"}}</tool_call>' in text
+
+
+async def test_raw_control_characters_in_constrained_json_are_escaped() -> None:
+    """xgrammar lets JSON strings hold raw control characters; clients get valid JSON."""
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    outputs = [('{"city":"Pa\x08r', "is\x00", '","days":3}')]
+    response = await serving(FakeEngine(max_model_len=512, outputs=outputs)).create(
+        chat(tool_choice=named), "r"
+    )
+    (call,) = response.choices[0].message.tool_calls or []
+    assert json.loads(call.function.arguments) == {"city": "Pa\x08ris\x00", "days": 3}
+    assert response.choices[0].finish_reason == "tool_calls"
+    chunks = await stream(FakeEngine(max_model_len=512, outputs=outputs), chat(tool_choice=named))
+    assembler = CallAssembler()
+    for chunk in chunks:
+        for c in chunk.choices:
+            for delta in c.delta.tool_calls or []:
+                assembler.add(delta)
+    (streamed,) = assembler.calls() or []
+    assert json.loads(streamed.function.arguments) == {"city": "Pa\x08ris\x00", "days": 3}
+    text_format = {"type": "json_object"}
+    response = await serving(FakeEngine(max_model_len=512, outputs=[('{"a":"\x01"}',)])).create(
+        chat(tools=None, response_format=text_format), "r"
+    )
+    assert json.loads(response.choices[0].message.content or "") == {"a": "\x01"}
