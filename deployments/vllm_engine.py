@@ -15,7 +15,15 @@ from typing import Any
 
 from deployments.engine_start_gate import engine_start_slot
 from serve_app.errors import InvalidRequest, ServiceUnavailable
-from serve_app.serving.engine_api import EngineStep, SampleDelta, SamplingSpec, TokenLogprob
+from serve_app.serving.engine_api import (
+    CallChunk,
+    EngineStep,
+    ParsedCall,
+    SampleDelta,
+    SamplingSpec,
+    StructuredOutput,
+    TokenLogprob,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -34,6 +42,7 @@ class EngineConfig:
     gpu_memory_utilization: float
     quantization: str | None = None
     reasoning_parser: str | None = None
+    tool_parser: str | None = None
     enforce_eager: bool = False
     seed: int = 0
     cpu: bool = False
@@ -72,6 +81,61 @@ def _shut_down_when_built(building: asyncio.Future[Any]) -> None:
         building.result().shutdown()
 
 
+class VllmToolCallParser:
+    """Adapts one instance of a vLLM tool parser to our `ToolCallParser` protocol (one per choice)."""
+
+    def __init__(self, parser_cls: Any, tokenizer: Any, tools: list[dict[str, Any]]):
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        # vLLM's parsers read the tools (and tool_choice) from vLLM's own request model.
+        self._request = ChatCompletionRequest(
+            model="-", messages=[{"role": "user", "content": ""}], tools=tools, tool_choice="auto"
+        )
+        self._parser = parser_cls(tokenizer, self._request.tools)
+
+    def extract(self, text: str) -> tuple[str | None, list[ParsedCall]]:
+        info = self._parser.extract_tool_calls(text, self._request)
+        if not info.tools_called:
+            return text, []
+        calls = [ParsedCall(c.function.name, c.function.arguments) for c in info.tool_calls]
+        return info.content, calls
+
+    def extract_delta(
+        self,
+        previous_text: str,
+        current_text: str,
+        delta_text: str,
+        previous_ids: Sequence[int],
+        current_ids: Sequence[int],
+        delta_ids: Sequence[int],
+    ) -> tuple[str | None, list[CallChunk]]:
+        delta = self._parser.extract_tool_calls_streaming(
+            previous_text, current_text, delta_text, previous_ids, current_ids, delta_ids, self._request
+        )
+        if delta is None:
+            return None, []
+        chunks = [
+            CallChunk(
+                index=c.index,
+                id=c.id,
+                name=c.function.name if c.function else None,
+                arguments=c.function.arguments if c.function else None,
+            )
+            for c in delta.tool_calls or []
+        ]
+        return delta.content, chunks
+
+
+def structured_outputs_params(spec: StructuredOutput | None) -> Any:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if spec is None:
+        return None
+    if spec.json_object:
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(json=spec.json_schema)
+
+
 class VLLMEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -80,10 +144,13 @@ class VLLMEngine:
         self._tokenizer: Any = None
         self._request_tokenizer: Any = None
         self._parser_cls: Any = None
+        self._tool_parser_cls: Any = None
+        self.tool_parser_name = config.tool_parser
         self.vocab_size: int | None = None
         self._live: set[str] = set()  # engine request ids being generated, for abort_all
 
     async def start(self) -> None:
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -99,6 +166,13 @@ class VLLMEngine:
             disable_log_stats=False,
             stream_interval=self.config.stream_interval,
             worker_extension_cls=AMX_EXTENSION if self.config.cpu else "",
+            # Structured outputs (response_format, forced tool calls) through xgrammar, with no
+            # free whitespace between JSON tokens. This is an engine setting: vLLM's xgrammar
+            # backend ignores the per-request `disable_any_whitespace`, and with free whitespace a
+            # model can pad JSON until max_tokens cuts it, leaving arguments that are not JSON.
+            structured_outputs_config=StructuredOutputsConfig(
+                backend="xgrammar", disable_any_whitespace=True
+            ),
         )
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
@@ -127,6 +201,13 @@ class VLLMEngine:
             from vllm.reasoning import ReasoningParserManager
 
             self._parser_cls = ReasoningParserManager.get_reasoning_parser(self.config.reasoning_parser)
+        if self.config.tool_parser:
+            from vllm.tool_parsers import ToolParserManager
+
+            self._tool_parser_cls = ToolParserManager.get_tool_parser(self.config.tool_parser)
+            # Some parsers look their markers up in the vocabulary (llama3_json: <|python_tag|>):
+            # a tokenizer without them fails here, at load, not on a client's request.
+            self._tool_parser_cls(self._tokenizer, [])
         await self._warm_up()
 
     async def _warm_up(self) -> None:
@@ -149,9 +230,13 @@ class VLLMEngine:
             return
         await self._engine.check_health()
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
         tokenizer = self._request_tokenizer
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=True, tokenize=False
+        )
         return list(tokenizer.encode(text, add_special_tokens=False))
 
     def tokenize(self, text: str) -> list[int]:
@@ -161,6 +246,11 @@ class VLLMEngine:
         if self._parser_cls is None:
             return None
         return VllmReasoningSplitter(self._parser_cls(self._tokenizer))
+
+    def tool_parser(self, tools: list[dict[str, Any]]) -> VllmToolCallParser | None:
+        if self._tool_parser_cls is None:
+            return None
+        return VllmToolCallParser(self._tool_parser_cls, self._tokenizer, tools)
 
     def _sampling_params(self, spec: SamplingSpec) -> Any:
         from vllm import SamplingParams
@@ -181,6 +271,7 @@ class VLLMEngine:
             min_tokens=spec.min_tokens,
             ignore_eos=spec.ignore_eos,
             repetition_penalty=spec.repetition_penalty,
+            structured_outputs=structured_outputs_params(spec.structured),
             output_kind=RequestOutputKind.DELTA,
         )
 

@@ -38,6 +38,8 @@ SERVE_CONFIG=tests/serve_config.test.yaml READY_PATHS="/health/ready /tight/heal
   bash scripts/cluster.sh start
 echo "==> starting the LiteLLM gateway"
 bash scripts/gateway/start.sh
+echo "==> the agent-framework venv (OpenAI Agents SDK, for test_agent_framework.py)"
+bash scripts/agents/setup.sh >/dev/null
 
 export INFERENCE_REQUIRE_SERVICE=1 INFERENCE_REQUIRE_GATEWAY=1 INFERENCE_DEFAULT_PRESET=D4
 export INFERENCE_METRICS_URL=${INFERENCE_METRICS_URL:-http://127.0.0.1:${RAY_METRICS_PORT:-9101}/metrics}

@@ -48,6 +48,7 @@ def engine_config(spec: ModelSpec, args: AppArgs) -> EngineConfig:
             max_model_len=args.cpu.max_model_len,
             gpu_memory_utilization=CPU_GPU_MEMORY_UTILIZATION,
             reasoning_parser=spec.reasoning_parser,
+            tool_parser=spec.tool_parser,
             enforce_eager=True,
             cpu=True,
             stream_interval=args.stream_interval,
@@ -60,6 +61,7 @@ def engine_config(spec: ModelSpec, args: AppArgs) -> EngineConfig:
         gpu_memory_utilization=spec.gpu_memory_utilization,
         quantization=spec.quantization,
         reasoning_parser=spec.reasoning_parser,
+        tool_parser=spec.tool_parser,
         stream_interval=args.stream_interval,
     )
 

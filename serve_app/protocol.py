@@ -11,7 +11,31 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
+
+from serve_app.serving.engine_api import StructuredOutput
+from serve_app.tools import (
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    check_content,
+    check_tool_call_id,
+    check_tool_choice,
+    check_unique_names,
+    constrained_output,
+)
 
 MAX_CRITIQUE_ROUNDS = 5
 MAX_TOP_LOGPROBS = 20
@@ -170,6 +194,7 @@ class OrchestrationStep(Response):
     latency_ms: float
     finish_reason: str | None
     verdict: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class OrchestrationInfo(Response):
@@ -191,10 +216,29 @@ class TextPart(Request):
 
 
 class ChatMessage(Request):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart] | None = None
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     name: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, min_length=1)
+    # Validated even when absent, after the fields they depend on, so that errors name them.
+    tool_call_id: str | None = Field(None, validate_default=True)
+    content: Text | list[TextPart] | None = Field(None, validate_default=True)
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_call_id_fits_role(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "role" in info.data:
+            check_tool_call_id(info.data["role"], value)
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _content_fits_role(
+        cls, value: str | list[TextPart] | None, info: ValidationInfo
+    ) -> str | list[TextPart] | None:
+        if "role" in info.data:
+            check_content(info.data["role"], bool(info.data.get("tool_calls")), value is not None)
+        return value
 
     def text(self) -> str:
         if self.content is None:
@@ -214,6 +258,54 @@ class ChatCompletionRequest(SamplingFields):
     orchestration_mode: Literal["single", "critique", "ensemble"] | None = Field(
         None, description="Shorthand for orchestration.mode."
     )
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, value: list[Tool] | None) -> list[Tool] | None:
+        check_unique_names(value)
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_fits_tools(cls, value: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        if "tools" in info.data:  # else tools failed validation and that error is reported
+            check_tool_choice(value, info.data["tools"])
+        return value
+
+    def tool_mode(self) -> Literal["none", "auto", "required", "named"]:
+        """How this request may call tools: never, as the model decides, or forced."""
+        if not self.tools or self.tool_choice == "none":
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return "required" if self.tool_choice == "required" else "auto"
+
+    def structured_output(self) -> StructuredOutput | None:
+        """The decoding constraint: a forced tool call's schema, else response_format's."""
+        return constrained_output(
+            self.tool_mode(), self.tools, self.tool_choice, self.parallel_tool_calls, self.response_format
+        )
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """The tools as the chat template and vLLM's tool parsers take them."""
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        """Messages as the chat template takes them (developer is system to every template)."""
+        out: list[dict[str, Any]] = []
+        for m in self.messages:
+            entry: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+            entry["content"] = m.text() if m.content is not None or not m.tool_calls else None
+            if m.tool_calls:
+                entry["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+            if m.tool_call_id is not None:
+                entry["tool_call_id"] = m.tool_call_id
+            out.append(entry)
+        return out
 
     @field_validator("top_logprobs")
     @classmethod
@@ -265,6 +357,15 @@ class AssistantMessage(Response):
     role: Literal["assistant"] = "assistant"
     content: str | None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _content_always(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # OpenAI always sends `content` (null when the answer is only reasoning or tool calls);
+        # responses are dumped with exclude_none, which would otherwise drop the key.
+        data: dict[str, Any] = handler(self)
+        data.setdefault("content", None)
+        return data
 
 
 class ChatChoice(Response):
@@ -288,6 +389,7 @@ class DeltaMessage(Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(Response):
@@ -385,6 +487,16 @@ class CompletionChunk(Response):
 ModelState = Literal["loading", "ready", "unloading", "unloaded", "failed"]
 
 
+class ModelCapabilities(Response):
+    """What a model can do through this API."""
+
+    tools: bool = True  # named and required tool_choice work on every model (constrained decoding)
+    tool_choice: list[str]  # "auto" only with a tool parser
+    tool_parser: str | None = None
+    structured_outputs: list[str] = Field(default_factory=lambda: ["json_object", "json_schema"])
+    reasoning: bool = False
+
+
 class ModelCard(Response):
     id: str
     object: Literal["model"] = "model"
@@ -398,6 +510,7 @@ class ModelCard(Response):
     error: str | None = None
     # How long an unload lets open requests run before they end with a 503 / error event.
     unload_drain_timeout_s: float | None = None
+    capabilities: ModelCapabilities | None = None
 
 
 class ModelList(Response):

@@ -22,6 +22,7 @@ from serve_app.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    ModelCapabilities,
     ModelCard,
     ModelList,
 )
@@ -103,6 +104,13 @@ class InferenceService:
             replicas=status.get("replicas", {}),
             error=status.get("error"),
             unload_drain_timeout_s=self.args.serving_overrides.get(model_id, spec.serving).unload_drain_s(),
+            capabilities=ModelCapabilities(
+                tool_choice=["none", "auto", "required", "named"]
+                if spec.tool_parser
+                else ["none", "required", "named"],
+                tool_parser=spec.tool_parser,
+                reasoning=spec.reasoning_parser is not None,
+            ),
         )
 
     def _require_deployed(self, model_id: str, param: str = "model") -> HandleModelClient:
@@ -203,6 +211,22 @@ class InferenceService:
             )
         return client
 
+    def _check_auto_tools(self, request: ChatCompletionRequest, model_ids: list[str]) -> None:
+        """A pipeline's final answer under tool_choice "auto" needs a tool parser on its model(s):
+        refuse before any step runs (a single model's replica refuses by itself)."""
+        if request.tool_mode() != "auto":
+            return
+        parsers = {spec.id: spec.tool_parser for spec in self.catalog.models}
+        # Unknown ids are refused later, by name, as the model they are.
+        lacking = [m for m in model_ids if m in parsers and parsers[m] is None]
+        if lacking:
+            raise InvalidRequest(
+                f"{', '.join(lacking)} cannot choose tools itself (no tool-call parser), so "
+                'tool_choice "auto" is unavailable; use "required" or name a function.',
+                param="tools",
+                code="tool_choice_unsupported",
+            )
+
     async def _pipeline(self, request: ChatCompletionRequest, request_id: str) -> Pipeline | None:
         orchestration = request.orchestration_request()
         addressed_preset = request.model == self.preset.name
@@ -232,6 +256,7 @@ class InferenceService:
                     code="mode_unavailable",
                 )
             rounds = orchestration.rounds or self.preset.critique_max_rounds
+            self._check_auto_tools(request, [generator])
             return CritiquePipeline(
                 request,
                 request_id,
@@ -247,6 +272,7 @@ class InferenceService:
                 param="orchestration.models",
                 code="mode_unavailable",
             )
+        self._check_auto_tools(request, candidates)
         judge = (
             orchestration.judge
             or self.preset.model_with_role(Role.judge)

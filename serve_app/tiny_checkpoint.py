@@ -23,12 +23,28 @@ SPECIAL_TOKENS = [
     "<unk>",
 ]
 REASONING_TOKENS = ["<think>", "</think>"]
+# Markers vLLM's tool parsers look up in the vocabulary: hermes (qwen2.5-7b) wraps a call in
+# <tool_call>...</tool_call>, llama3_json (llama-3.2-3b) starts one with <|python_tag|>, and
+# granite (granite-8b-code-128k) with <|tool_call|>. Every catalog id is served from this one
+# checkpoint, so it carries all of them.
+TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<|python_tag|>", "<|tool_call|>"]
 
+# Tools-aware: the tool list goes into a system turn, an assistant's earlier calls are rendered
+# as <tool_call> JSON, and tool results come back in turns of role "tool" with their call id.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}<|start_header_id|>system<|end_header_id|>\n\n"
+    "You may call these functions. To call one, answer with "
+    "<tool_call>{\"name\": <function-name>, \"arguments\": <args-json-object>}</tool_call>\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}<|eot_id|>{% endif %}"
     "{% for message in messages %}"
     "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
-    "{{ message['content'] }}<|eot_id|>"
+    "{% if message['role'] == 'tool' %}[{{ message['tool_call_id'] }}] {% endif %}"
+    "{% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% for call in message.get('tool_calls') or [] %}"
+    "<tool_call>{\"name\": {{ call['function']['name'] | tojson }}, "
+    "\"arguments\": {{ call['function']['arguments'] }}}</tool_call>"
+    "{% endfor %}<|eot_id|>"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
@@ -58,7 +74,7 @@ def build_tokenizer(vocab_size: int):  # returns transformers.PreTrainedTokenize
         show_progress=False,
     )
     tokenizer.train_from_iterator([_CORPUS_SEED * 4] * 64, trainer=trainer)
-    tokenizer.add_tokens(REASONING_TOKENS)
+    tokenizer.add_tokens(REASONING_TOKENS + TOOL_TOKENS)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<|begin_of_text|>",
@@ -107,8 +123,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if (args.out / "config.json").exists():
-        print(f"checkpoint already at {args.out}")
-        return
+        vocab = json.loads((args.out / "tokenizer.json").read_text())["added_tokens"]
+        missing = set(REASONING_TOKENS + TOOL_TOKENS) - {t["content"] for t in vocab}
+        if not missing:
+            print(f"checkpoint already at {args.out}")
+            return
+        print(f"checkpoint at {args.out} predates tokens {sorted(missing)}; rebuilding it")
     print(f"built {build_checkpoint(args.out, seed=args.seed)}")
 
 

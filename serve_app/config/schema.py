@@ -157,6 +157,13 @@ class ModelSpec(Strict):
         None,
         description="vLLM reasoning parser name (e.g. deepseek_r1); its output goes to reasoning_content.",
     )
+    tool_parser: str | None = Field(
+        None,
+        description=(
+            "vLLM tool parser name (e.g. hermes) that finds the model's own tool-call markup, needed "
+            'for tool_choice "auto"; without one, only named and "required" tool choices are served.'
+        ),
+    )
     role_hints: tuple[Role, ...] = Field((Role.general,), description="Roles this model suits.")
     serving: ServingOptions = Field(
         default_factory=ServingOptions, description="Ray Serve admission and autoscaling settings."

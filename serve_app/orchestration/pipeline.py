@@ -15,8 +15,21 @@ from dataclasses import dataclass
 
 from serve_app.errors import ServiceError, UpstreamTimeout, to_service_error
 from serve_app.model_client import ModelClient
-from serve_app.orchestration.prompts import critique_messages, judge_messages, revision_messages
-from serve_app.orchestration.verdict import parse_verdict, parse_winner
+from serve_app.orchestration.prompts import (
+    answer_text,
+    critique_messages,
+    finalize_messages,
+    judge_messages,
+    revision_messages,
+)
+from serve_app.orchestration.verdict import (
+    PICK_MAX_TOKENS,
+    VERDICT_MAX_TOKENS,
+    parse_verdict,
+    parse_winner,
+    pick_schema,
+    verdict_schema,
+)
 from serve_app.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -25,6 +38,8 @@ from serve_app.protocol import (
     StreamOptions,
     Usage,
 )
+from serve_app.serving.tool_calls import to_delta
+from serve_app.tools import CallAssembler, JsonSchemaFormat, ResponseFormat, ToolCallDelta
 
 # Sampling fields a pipeline step inherits from the client's request.
 INHERITED_FIELDS = (
@@ -41,6 +56,19 @@ INHERITED_FIELDS = (
     "ignore_eos",
     "repetition_penalty",
 )
+# What a critic or judge step inherits: sampling only, never the output limits or stop sequences
+# (its JSON must complete) nor the caller's tools and response_format (they shape the final answer).
+VERDICT_INHERITED_FIELDS = (
+    "temperature",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "top_k",
+    "repetition_penalty",
+)
+# The caller's output contract; it applies to the step that produces the final answer.
+CONTRACT_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
 
 @dataclass
@@ -59,6 +87,7 @@ class StepFinished:
 class FinalDelta:
     content: str | None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 Event = StepStarted | StepFinished | FinalDelta
@@ -81,15 +110,36 @@ class Pipeline:
     def events(self, stream_final: bool) -> AsyncIterator[Event]:
         raise NotImplementedError
 
+    def has_contract(self) -> bool:
+        """Whether the caller asked for tools or a response format (for the final answer)."""
+        return bool(self.request.tools) or self.request.response_format is not None
+
     def step_request(
-        self, client: ModelClient, messages: list[ChatMessage], stream: bool
+        self, client: ModelClient, messages: list[ChatMessage], stream: bool, contract: bool = False
     ) -> ChatCompletionRequest:
-        inherited = {name: getattr(self.request, name) for name in INHERITED_FIELDS}
+        fields = INHERITED_FIELDS + (CONTRACT_FIELDS if contract else ())
+        inherited = {name: getattr(self.request, name) for name in fields}
         return ChatCompletionRequest(
             model=client.model_id,
             messages=messages,
             stream=stream,
             stream_options=StreamOptions(include_usage=True) if stream else None,
+            **inherited,
+        )
+
+    def decision_request(
+        self, client: ModelClient, messages: list[ChatMessage], name: str, schema: dict, max_tokens: int
+    ) -> ChatCompletionRequest:
+        """A critic's or judge's request: its answer is decoded under `schema`."""
+        inherited = {field: getattr(self.request, field) for field in VERDICT_INHERITED_FIELDS}
+        return ChatCompletionRequest(
+            model=client.model_id,
+            messages=messages,
+            max_tokens=max_tokens,
+            response_format=ResponseFormat(
+                type="json_schema",
+                json_schema=JsonSchemaFormat.model_validate({"name": name, "schema": schema, "strict": True}),
+            ),
             **inherited,
         )
 
@@ -104,9 +154,20 @@ class Pipeline:
         return error
 
     async def run_step(
-        self, role: str, client: ModelClient, messages: list[ChatMessage], round_: int, stream: bool = False
+        self,
+        role: str,
+        client: ModelClient,
+        messages: list[ChatMessage],
+        round_: int,
+        stream: bool = False,
+        *,
+        contract: bool = False,
+        request: ChatCompletionRequest | None = None,
     ) -> AsyncIterator[Event]:
-        """Yield the step's events; on success the step is appended to `self.steps`."""
+        """Yield the step's events; on success the step is appended to `self.steps`.
+
+        `contract`: the step answers under the caller's tools and response_format (a final answer).
+        `request`: the step's own request instead (a critic's or judge's structured decision)."""
         yield StepStarted(role, client.model_id, round_)
         sub_id = f"{self.request_id}-{next(self._call_numbers)}"
         started = time.perf_counter()
@@ -114,9 +175,12 @@ class Pipeline:
         # between chunks: a slow client must not turn into a step timeout.
         deadline = asyncio.get_running_loop().time() + self.step_timeout_s
         content, reasoning, finish, usage = "", "", None, Usage()
+        calls = CallAssembler()
+        tool_calls = None
         try:
             if stream:
-                chunks = aiter(client.chat_chunks(self.step_request(client, messages, True), sub_id))
+                step_request = request or self.step_request(client, messages, True, contract)
+                chunks = aiter(client.chat_chunks(step_request, sub_id))
                 while True:
                     try:
                         async with asyncio.timeout_at(deadline):
@@ -126,16 +190,22 @@ class Pipeline:
                     usage = chunk.usage or usage
                     for choice in chunk.choices:
                         finish = choice.finish_reason or finish
-                        content += choice.delta.content or ""
-                        reasoning += choice.delta.reasoning_content or ""
-                        if choice.delta.content or choice.delta.reasoning_content:
-                            yield FinalDelta(choice.delta.content, choice.delta.reasoning_content)
+                        delta = choice.delta
+                        content += delta.content or ""
+                        reasoning += delta.reasoning_content or ""
+                        for call in delta.tool_calls or []:
+                            calls.add(call)
+                        if delta.content or delta.reasoning_content or delta.tool_calls:
+                            yield FinalDelta(delta.content, delta.reasoning_content, delta.tool_calls)
+                tool_calls = calls.calls()
             else:
+                step_request = request or self.step_request(client, messages, False, contract)
                 async with asyncio.timeout_at(deadline):
-                    response = await client.chat(self.step_request(client, messages, False), sub_id)
+                    response = await client.chat(step_request, sub_id)
                 message = response.choices[0].message
                 content, reasoning = message.content or "", message.reasoning_content or ""
                 finish, usage = response.choices[0].finish_reason, response.usage
+                tool_calls = message.tool_calls
         except Exception as exc:
             raise self._fail(exc, role, client.model_id, round_) from None
         step = OrchestrationStep(
@@ -147,6 +217,7 @@ class Pipeline:
             usage=usage,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             finish_reason=finish,
+            tool_calls=tool_calls,
         )
         self.steps.append(step)
         yield StepFinished(step)
@@ -180,28 +251,54 @@ class CritiquePipeline(Pipeline):
         super().__init__(request, request_id, step_timeout_s)
         self.generator, self.critic, self.rounds = generator, critic, rounds
 
+    def _critic_request(self, task: list[ChatMessage], draft: OrchestrationStep) -> ChatCompletionRequest:
+        messages = critique_messages(task, answer_text(draft.content, draft.tool_calls))
+        return self.decision_request(self.critic, messages, "verdict", verdict_schema(), VERDICT_MAX_TOKENS)
+
     async def events(self, stream_final: bool) -> AsyncIterator[Event]:
+        """Drafts are free text; the caller's contract shapes only the answer that is returned: the
+        last round's revision, or, when the critic approves earlier, one finalizing step."""
         task = self.request.messages
+        contract = self.has_contract()
         async for event in self.run_step("generator", self.generator, task, 0):
             yield event
         draft = self.steps[-1]
         for round_ in range(1, self.rounds + 1):
+            problems: str | None = None
             async for event in self.run_step(
-                "critic", self.critic, critique_messages(task, draft.content), round_
+                "critic", self.critic, [], round_, request=self._critic_request(task, draft)
             ):
                 if isinstance(event, StepFinished):
-                    event.step.verdict = parse_verdict(event.step.content)
+                    event.step.verdict, problems = parse_verdict(event.step.content)
                 yield event
             critique = self.steps[-1]
+            draft_text = answer_text(draft.content, draft.tool_calls)
             if critique.verdict == "approved":
-                self.stop_reason, self.final = "approved", draft
-                if stream_final:
+                self.stop_reason = "approved"
+                if contract:
+                    async for event in self.run_step(
+                        "generator",
+                        self.generator,
+                        finalize_messages(task, draft_text),
+                        round_,
+                        stream_final,
+                        contract=True,
+                    ):
+                        yield event
+                    draft = self.steps[-1]
+                elif stream_final:
                     yield FinalDelta(draft.content, draft.reasoning_content)
+                self.final = draft
                 return
             last = round_ == self.rounds
-            messages = revision_messages(task, draft.content, critique.content)
+            messages = revision_messages(task, draft_text, problems or "")
             async for event in self.run_step(
-                "generator", self.generator, messages, round_, last and stream_final
+                "generator",
+                self.generator,
+                messages,
+                round_,
+                last and stream_final,
+                contract=last and contract,
             ):
                 if isinstance(event, FinalDelta) and not last:
                     continue
@@ -222,7 +319,9 @@ class EnsemblePipeline(Pipeline):
         self.candidates, self.judge = candidates, judge
 
     async def _collect(self, client: ModelClient) -> list[Event]:
-        return [event async for event in self.run_step("candidate", client, self.request.messages, 1)]
+        # Any candidate may become the final answer, so each answers under the caller's contract.
+        steps = self.run_step("candidate", client, self.request.messages, 1, contract=True)
+        return [event async for event in steps]
 
     async def events(self, stream_final: bool) -> AsyncIterator[Event]:
         for client in self.candidates:
@@ -245,9 +344,15 @@ class EnsemblePipeline(Pipeline):
                 [c.model_id for c in self.candidates].index(s.model) if s.role == "candidate" else 99
             )
         )
-        async for event in self.run_step(
-            "judge", self.judge, judge_messages(self.request.messages, [a.content for a in answers]), 2
-        ):
+        listed = [answer_text(a.content, a.tool_calls) for a in answers]
+        judge_request = self.decision_request(
+            self.judge,
+            judge_messages(self.request.messages, listed),
+            "pick",
+            pick_schema(len(answers)),
+            PICK_MAX_TOKENS,
+        )
+        async for event in self.run_step("judge", self.judge, [], 2, request=judge_request):
             yield event
         judge_step = self.steps[-1]
         winner, reason = parse_winner(judge_step.content, len(answers))
@@ -257,4 +362,6 @@ class EnsemblePipeline(Pipeline):
         judge_step.verdict = f"winner:{answers[winner].model}"
         self.stop_reason, self.reason, self.final = "judged", reason, answers[winner]
         if stream_final:
-            yield FinalDelta(answers[winner].content, answers[winner].reasoning_content)
+            final = answers[winner]
+            calls = [to_delta(call, i) for i, call in enumerate(final.tool_calls or [])] or None
+            yield FinalDelta(final.content or None, final.reasoning_content, calls)

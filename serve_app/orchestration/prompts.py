@@ -1,24 +1,37 @@
 """Prompts of the pipeline steps. The critic's <think> reasoning never enters the revision prompt:
-only its final answer does, so the generator revises against conclusions, not a thought transcript."""
+only its final answer does, so the generator revises against conclusions, not a thought transcript.
+
+The critic and the judge answer in JSON (see verdict.py); their prompts say so, and structured
+outputs enforce it."""
 
 from __future__ import annotations
 
-from serve_app.protocol import ChatMessage
+from serve_app.protocol import ChatMessage, ToolCall
 
 CRITIC_SYSTEM = (
     "You are a rigorous reviewer. Judge whether the draft answer fully and correctly solves the task. "
-    "End your reply with exactly one line: 'VERDICT: APPROVED' if it needs no change, otherwise "
-    "'VERDICT: NEEDS_REVISION' after a numbered list of the concrete problems."
+    'Reply with a JSON object: {"verdict": "approved"} with empty "problems" if it needs no change, '
+    'otherwise {"verdict": "needs_revision", "problems": "<numbered list of the concrete problems>"}.'
 )
 
 JUDGE_SYSTEM = (
-    "You are a judge comparing candidate answers to the same task. Pick the best one. Reply with "
-    "'WINNER: <number>' on the first line and 'REASON: <one or two sentences>' on the second."
+    "You are a judge comparing candidate answers to the same task. Pick the best one. Reply with a "
+    'JSON object: {"winner": <candidate number>, "reason": "<one or two sentences>"}.'
+)
+
+FINALIZE_PROMPT = (
+    "A reviewer approved your answer. Give it again now as your final answer, in the requested format."
 )
 
 
 def task_text(messages: list[ChatMessage]) -> str:
-    return "\n\n".join(f"[{m.role}] {m.text()}" for m in messages)
+    return "\n\n".join(f"[{m.role}] {answer_text(m.text(), m.tool_calls)}" for m in messages)
+
+
+def answer_text(content: str, tool_calls: list[ToolCall] | None) -> str:
+    """An answer as a reviewer reads it: its text, and any tool calls it makes."""
+    calls = "\n".join(f"call {c.function.name}({c.function.arguments})" for c in tool_calls or [])
+    return "\n".join(part for part in (content, calls) if part)
 
 
 def critique_messages(task: list[ChatMessage], draft: str) -> list[ChatMessage]:
@@ -40,6 +53,14 @@ def revision_messages(task: list[ChatMessage], draft: str, critique: str) -> lis
                 "Write the complete, corrected answer. Output only the answer."
             ),
         ),
+    ]
+
+
+def finalize_messages(task: list[ChatMessage], draft: str) -> list[ChatMessage]:
+    return [
+        *task,
+        ChatMessage(role="assistant", content=draft),
+        ChatMessage(role="user", content=FINALIZE_PROMPT),
     ]
 
 

@@ -38,7 +38,12 @@ async def render_response(
         choices=[
             ChatChoice(
                 index=0,
-                message=AssistantMessage(content=final.content, reasoning_content=final.reasoning_content),
+                message=AssistantMessage(
+                    # A final answer that is only tool calls has content null, like OpenAI's.
+                    content=final.content if final.content or not final.tool_calls else None,
+                    reasoning_content=final.reasoning_content,
+                    tool_calls=final.tool_calls,
+                ),
                 finish_reason=final.finish_reason,
             )
         ],
@@ -85,7 +90,9 @@ async def render_stream(
                 },
             )
         elif isinstance(event, FinalDelta):
-            delta = DeltaMessage(content=event.content, reasoning_content=event.reasoning_content)
+            delta = DeltaMessage(
+                content=event.content, reasoning_content=event.reasoning_content, tool_calls=event.tool_calls
+            )
             yield chunk(choices=[ChatChunkChoice(index=0, delta=delta)])
     final = pipeline.final
     assert final is not None

@@ -1,46 +1,78 @@
-"""Parse what a critic or judge decided. Models answer in free text; these parsers are tolerant
-of case, markdown emphasis and surrounding prose, and say "unclear" rather than guess."""
+"""The critic's verdict and the judge's pick, as small JSON contracts.
+
+Both steps are decoded under these schemas (vLLM structured outputs), so early stopping and the
+winner come from a field of a JSON object, never from reading free text. Lengths are bounded so a
+complete object always fits the step's token budget; output cut short anyway counts as "unclear".
+"""
 
 from __future__ import annotations
 
-import re
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Verdict = Literal["approved", "needs_revision", "unclear"]
 
-_VERDICT_LINE = re.compile(r"verdict\s*[:\-]\s*\**\s*(approved|needs[\s_-]*revision|rejected)", re.I)
-_NEGATED = re.compile(
-    r"\b(not|never|isn'?t|aren'?t|can'?t|cannot|won'?t|wouldn'?t|shouldn'?t)\s+(?:\w+\s+){0,2}approved\b",
-    re.I,
-)
-_APPROVED = re.compile(r"\bapproved\b|\blgtm\b", re.I)
-_REVISE = re.compile(r"\bneeds?[\s_-]*revision\b|\brevise\b|\bincorrect\b|\brejected\b", re.I)
-_WINNER = re.compile(r"winner\s*[:\-]\s*\**\s*(?:candidate\s*)?#?\s*(\d+)", re.I)
-_REASON = re.compile(r"reason\s*\**\s*[:\-]\s*\**\s*(.+)", re.I | re.S)
+MAX_PROBLEMS_CHARS = 600
+MAX_REASON_CHARS = 300
+# Room for a complete object: every token of the tiny CPU model's vocabulary is at least one char.
+VERDICT_MAX_TOKENS = 64 + MAX_PROBLEMS_CHARS
+PICK_MAX_TOKENS = 64 + MAX_REASON_CHARS
 
 
-def parse_verdict(text: str | None) -> Verdict:
-    if not text:
-        return "unclear"
-    explicit = _VERDICT_LINE.findall(text)
-    if explicit:
-        last = explicit[-1].lower()
-        return "approved" if last == "approved" else "needs_revision"
-    if _NEGATED.search(text) or _REVISE.search(text):
-        return "needs_revision"
-    if _APPROVED.search(text):
-        return "approved"
-    return "unclear"
+class CriticVerdict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Literal["approved", "needs_revision"]
+    problems: str = Field(max_length=MAX_PROBLEMS_CHARS)
+
+
+class JudgePick(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    winner: int = Field(ge=1)
+    reason: str = Field(max_length=MAX_REASON_CHARS)
+
+
+def verdict_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "verdict": {"type": "string", "enum": ["approved", "needs_revision"]},
+            "problems": {"type": "string", "maxLength": MAX_PROBLEMS_CHARS},
+        },
+        "required": ["verdict", "problems"],
+        "additionalProperties": False,
+    }
+
+
+def pick_schema(candidates: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "winner": {"type": "integer", "minimum": 1, "maximum": candidates},
+            "reason": {"type": "string", "maxLength": MAX_REASON_CHARS},
+        },
+        "required": ["winner", "reason"],
+        "additionalProperties": False,
+    }
+
+
+def parse_verdict(text: str | None) -> tuple[Verdict, str | None]:
+    """(verdict, the critic's stated problems); "unclear" when the object is incomplete."""
+    try:
+        parsed = CriticVerdict.model_validate_json(text or "")
+    except ValidationError:
+        return "unclear", None
+    return parsed.verdict, parsed.problems
 
 
 def parse_winner(text: str | None, candidates: int) -> tuple[int | None, str | None]:
-    """Return the 0-based winning candidate (None if absent or out of range) and the stated reason."""
-    if not text:
+    """The 0-based winning candidate (None if incomplete or out of range) and the stated reason."""
+    try:
+        parsed = JudgePick.model_validate_json(text or "")
+    except ValidationError:
         return None, None
-    match = _WINNER.search(text)
-    winner = None
-    if match and 1 <= int(match.group(1)) <= candidates:
-        winner = int(match.group(1)) - 1
-    reason_match = _REASON.search(text)
-    reason = reason_match.group(1).strip()[:500] if reason_match else None
-    return winner, reason
+    if parsed.winner > candidates:
+        return None, parsed.reason
+    return parsed.winner - 1, parsed.reason

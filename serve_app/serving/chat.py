@@ -23,6 +23,7 @@ from serve_app.protocol import (
 from serve_app.serving.common import Serving, build_sampling
 from serve_app.serving.engine_api import ReasoningSplitter, SampleDelta, SamplingSpec
 from serve_app.serving.engine_api import TokenLogprob as EngineLogprob
+from serve_app.serving.tool_calls import ChoiceTools
 
 
 @dataclass
@@ -34,6 +35,8 @@ class ChoiceState:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     splitter: ReasoningSplitter | None = None
+    tools: ChoiceTools | None = None
+    answer: str = ""  # the text after reasoning, which tool parsers read
 
 
 def to_wire_logprobs(entries: list[EngineLogprob]) -> list[TokenLogprob]:
@@ -55,11 +58,15 @@ class ChatServing(Serving):
         if len(request.messages) > self.limits.max_messages:
             raise InvalidRequest(f"at most {self.limits.max_messages} messages are allowed", param="messages")
         self._check_n(request.n)
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in request.messages
-        ]
-        prompt = self.engine.chat_prompt(messages)
+        if request.tool_mode() == "auto" and self.engine.tool_parser_name is None:
+            raise InvalidRequest(
+                f"Model {request.model} has no tool-call parser, so it cannot choose tools itself "
+                '(tool_choice "auto"); use tool_choice "required" or name a function, which work '
+                "on every model through constrained decoding.",
+                param="tools",
+                code="tool_choice_unsupported",
+            )
+        prompt = self.engine.chat_prompt(request.template_messages(), request.tool_dicts())
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
         sampling = build_sampling(
             request,
@@ -69,8 +76,21 @@ class ChatServing(Serving):
             max_tokens_param=request.output_limit_param(),
             logprobs=logprobs,
             vocab_size=self.vocab_size,
+            structured=request.structured_output(),
         )
         return prompt, sampling
+
+    def _splitter(self, request: ChatCompletionRequest) -> ReasoningSplitter | None:
+        # Constrained output (a forced call, response_format) is the answer from its first token:
+        # a reasoning parser would take it all for unfinished reasoning.
+        return None if request.structured_output() is not None else self.engine.reasoning_splitter()
+
+    def _choice_tools(self, request: ChatCompletionRequest) -> ChoiceTools:
+        mode = request.tool_mode()
+        parser = self.engine.tool_parser(request.tool_dicts() or []) if mode == "auto" else None
+        return ChoiceTools(
+            mode, request.tool_choice, parser, json_output=request.structured_output() is not None
+        )
 
     async def create(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
         prompt, sampling = await self._off_loop(self._prepare, request, request.text_chars())
@@ -87,13 +107,14 @@ class ChatServing(Serving):
                     state.logprobs.extend(to_wire_logprobs(sample.logprobs))
         wire_choices = []
         for index, state in enumerate(choices):
-            splitter = self.engine.reasoning_splitter()
+            splitter = self._splitter(request)
             reasoning, content = splitter.split(state.text) if splitter else (None, state.text)
+            content, calls, finish = self._choice_tools(request).whole(content, state.finish_reason)
             wire_choices.append(
                 ChatChoice(
                     index=index,
-                    message=AssistantMessage(content=content, reasoning_content=reasoning),
-                    finish_reason=state.finish_reason,
+                    message=AssistantMessage(content=content, reasoning_content=reasoning, tool_calls=calls),
+                    finish_reason=finish,
                     logprobs=ChatLogprobs(content=state.logprobs) if request.logprobs else None,
                 )
             )
@@ -120,7 +141,10 @@ class ChatServing(Serving):
         self, request: ChatCompletionRequest, request_id: str, prompt: list[int], sampling: SamplingSpec
     ) -> AsyncIterator[ChatCompletionChunk]:
         created = now()
-        choices = [ChoiceState(splitter=self.engine.reasoning_splitter()) for _ in range(request.n)]
+        choices = [
+            ChoiceState(splitter=self._splitter(request), tools=self._choice_tools(request))
+            for _ in range(request.n)
+        ]
 
         def chunk(choice_list: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
             return ChatCompletionChunk(
@@ -162,12 +186,27 @@ class ChatServing(Serving):
             )
         else:
             reasoning, content = None, sample.text
-        if not reasoning and not content and sample.finish_reason is None:
+        calls = None
+        if state.tools is not None:
+            previous_answer = state.answer
+            state.answer += content or ""
+            content, deltas = state.tools.delta(
+                previous_answer,
+                state.answer,
+                content or "",
+                previous_ids,
+                state.token_ids,
+                list(sample.token_ids),
+                sample.finish_reason,
+            )
+            calls = deltas or None
+        finish = state.tools.finish_reason(sample.finish_reason) if state.tools else sample.finish_reason
+        if not reasoning and not content and not calls and finish is None:
             return None
         logprobs = ChatLogprobs(content=to_wire_logprobs(sample.logprobs or [])) if with_logprobs else None
         return ChatChunkChoice(
             index=sample.index,
-            delta=DeltaMessage(content=content, reasoning_content=reasoning),
-            finish_reason=sample.finish_reason,
+            delta=DeltaMessage(content=content, reasoning_content=reasoning, tool_calls=calls),
+            finish_reason=finish,
             logprobs=logprobs,
         )

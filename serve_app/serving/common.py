@@ -13,7 +13,7 @@ from serve_app.config.app_args import RequestLimits
 from serve_app.errors import ContextLengthExceeded, InvalidRequest, RequestAborted, ServiceUnavailable
 from serve_app.metrics import EngineMetrics, NoMetrics
 from serve_app.protocol import SamplingFields
-from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec
+from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec, StructuredOutput
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,6 +37,7 @@ def build_sampling(
     logprobs: int | None,
     max_tokens_param: str = "max_tokens",
     vocab_size: int | None = None,
+    structured: StructuredOutput | None = None,
 ) -> SamplingSpec:
     """Map an OpenAI request onto engine sampling, rejecting what cannot be honoured."""
     room = max_model_len - prompt_tokens
@@ -82,6 +83,7 @@ def build_sampling(
         min_tokens=request.min_tokens,
         ignore_eos=request.ignore_eos,
         repetition_penalty=request.repetition_penalty or 1.0,
+        structured=structured,
     )
 
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A decoding constraint: output must match `json_schema`, or be any JSON object."""
+
+    json_schema: dict[str, Any] | None = None
+    json_object: bool = False
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,7 @@ class SamplingSpec:
     min_tokens: int = 0
     ignore_eos: bool = False
     repetition_penalty: float = 1.0
+    structured: StructuredOutput | None = None
 
 
 @dataclass(frozen=True)
@@ -72,10 +81,47 @@ class ReasoningSplitter(Protocol):
     ) -> tuple[str | None, str | None]: ...
 
 
+@dataclass(frozen=True)
+class ParsedCall:
+    """A whole tool call found in model text."""
+
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class CallChunk:
+    """Part of a streamed tool call; `id` and `name` come with the call's first chunk."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallParser(Protocol):
+    """Finds the model's native tool-call markup in its text, whole or streamed (one per choice)."""
+
+    def extract(self, text: str) -> tuple[str | None, list[ParsedCall]]:
+        """(content outside the calls, the calls)."""
+
+    def extract_delta(
+        self,
+        previous_text: str,
+        current_text: str,
+        delta_text: str,
+        previous_ids: Sequence[int],
+        current_ids: Sequence[int],
+        delta_ids: Sequence[int],
+    ) -> tuple[str | None, list[CallChunk]]:
+        """(content to send now, call chunks to send now)."""
+
+
 class Engine(Protocol):
     """What a model replica needs from its engine. Construction has no side effects; `start` does."""
 
     max_model_len: int
+    tool_parser_name: str | None  # the vLLM tool parser that finds calls in model text, if any
 
     async def start(self) -> None: ...
 
@@ -86,13 +132,18 @@ class Engine(Protocol):
 
     def is_running(self) -> bool: ...
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """Render messages with the model's chat template and tokenize them."""
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Render messages (and tools) with the model's chat template and tokenize them."""
 
     def tokenize(self, text: str) -> list[int]: ...
 
     def reasoning_splitter(self) -> ReasoningSplitter | None:
         """A fresh splitter for one choice, or None for models without reasoning output."""
+
+    def tool_parser(self, tools: list[dict[str, Any]]) -> ToolCallParser | None:
+        """A fresh tool-call parser for one choice, or None for models without one."""
 
     def generate(
         self, prompt_token_ids: list[int], sampling: SamplingSpec, request_id: str

@@ -4,9 +4,11 @@ LLM_GATEWAY_API_KEY). The gateway exposes the service's model ids (e.g. qwen2.5-
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from .support import (
@@ -15,10 +17,24 @@ from .support import (
     D4_CRITIC,
     D4_GENERATOR,
     D4_MODELS,
+    GATEWAY_API_KEY,
+    GATEWAY_URL,
+    PRESET,
     REASONING_MODELS,
+    TEST_TIMEOUT,
     auth_headers,
     fetch_models,
     probe,
+)
+from .tool_support import (
+    ANSWER_SCHEMA,
+    JSON_SCHEMA_FORMAT,
+    MAX_TOKENS,
+    NAMED,
+    TOOLS,
+    USER,
+    check_calls,
+    valid_arguments,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_gateway]
@@ -156,3 +172,128 @@ async def test_gateway_critique_on_preset(
     data = response_validator.validate_completion(response.json())
     orch = response_validator.validate_orchestration(data, mode="critique", expected_models=D4_MODELS)
     assert orch["models_used"][:2] == [D4_CRITIC, D4_GENERATOR], orch["models_used"]
+
+
+# ---------------------------------------------------------------- tool calling through the gateway
+
+
+@pytest.fixture
+async def gateway_sdk(skip_if_gateway_unavailable: None) -> Any:
+    """The official OpenAI SDK pointed at the gateway."""
+    from openai import AsyncOpenAI
+
+    sdk = AsyncOpenAI(
+        base_url=f"{GATEWAY_URL}/v1", api_key=GATEWAY_API_KEY, max_retries=0, timeout=TEST_TIMEOUT
+    )
+    try:
+        yield sdk
+    finally:
+        await sdk.close()
+
+
+@pytest.mark.requires_model
+@pytest.mark.parametrize("model", D4_MODELS)
+async def test_gateway_constrained_tool_calls(
+    gateway_sdk: Any, gateway_model_ids: list[str], model: str
+) -> None:
+    if model not in gateway_model_ids:
+        pytest.skip(f"Model {model} not available in this deployment (gateway lists {gateway_model_ids})")
+    for tool_choice in (NAMED, "required"):
+        response = await gateway_sdk.chat.completions.create(
+            model=model,
+            messages=USER,
+            tools=TOOLS,
+            tool_choice=tool_choice,
+            parallel_tool_calls=False,
+            max_tokens=MAX_TOKENS,
+            seed=12,
+        )
+        check_calls(response.choices[0].message, response.choices[0].finish_reason)
+
+
+@pytest.mark.requires_model
+async def test_gateway_streamed_tool_call_and_tool_results(
+    gateway_sdk: Any, gateway_model_ids: list[str]
+) -> None:
+    model = D4_GENERATOR
+    if model not in gateway_model_ids:
+        pytest.skip(f"{model} not behind this gateway")
+    stream = await gateway_sdk.chat.completions.create(
+        model=model,
+        messages=USER,
+        tools=TOOLS,
+        tool_choice=NAMED,
+        max_tokens=MAX_TOKENS,
+        seed=13,
+        stream=True,
+    )
+    arguments, name, call_id, finish = "", "", "", None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for delta in choice.delta.tool_calls or []:
+                call_id = delta.id or call_id
+                name += (delta.function and delta.function.name) or ""
+                arguments += (delta.function and delta.function.arguments) or ""
+    assert finish == "tool_calls" and name == "get_weather" and call_id
+    valid_arguments(name, arguments)
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    history = [
+        *USER,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": '{"forecast": "sunny"}'},
+    ]
+    response = await gateway_sdk.chat.completions.create(
+        model=model,
+        messages=history,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=MAX_TOKENS,
+        seed=13,
+    )
+    check_calls(response.choices[0].message, response.choices[0].finish_reason)
+
+
+@pytest.mark.requires_model
+async def test_gateway_json_schema_output(gateway_sdk: Any, gateway_model: str) -> None:
+    response = await gateway_sdk.chat.completions.create(
+        model=gateway_model,
+        messages=[{"role": "user", "content": "Answer in JSON."}],
+        response_format=JSON_SCHEMA_FORMAT,
+        max_tokens=MAX_TOKENS,
+        seed=14,
+    )
+    assert response.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(response.choices[0].message.content), ANSWER_SCHEMA)
+
+
+@pytest.mark.requires_model
+async def test_gateway_critique_with_response_format(gateway_sdk: Any, gateway_model_ids: list[str]) -> None:
+    if PRESET not in gateway_model_ids:
+        pytest.skip(f"preset {PRESET} not behind this gateway")
+    response = await gateway_sdk.chat.completions.create(
+        model=PRESET,
+        messages=[{"role": "user", "content": "Is 7 prime? Answer in JSON."}],
+        response_format=JSON_SCHEMA_FORMAT,
+        max_tokens=MAX_TOKENS,
+        seed=15,
+        extra_body={"orchestration": {"mode": "critique", "rounds": 1}},
+    )
+    assert response.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(response.choices[0].message.content), ANSWER_SCHEMA)
+
+
+@pytest.mark.requires_model
+async def test_gateway_passes_tool_400s_through(gateway_sdk: Any, gateway_model: str) -> None:
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gateway_sdk.chat.completions.create(
+            model=gateway_model,
+            messages=USER,
+            tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "nope"}},
+            max_tokens=4,
+        )
+    assert "tool_choice" in str(caught.value)

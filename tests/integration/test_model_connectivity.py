@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from .support import BASE_URL, CATALOG_MODELS, MODEL_STATES, PRESET, REASONING_MODELS, admin_headers
+from .tool_support import AUTO_TOOL_MODELS, MAX_TOKENS, NAMED, TOOLS, USER, check_calls
 
 pytestmark = [pytest.mark.integration]
 
@@ -84,3 +86,27 @@ async def test_model_hello(
     response_validator.validate_completion(data, max_tokens=16)
     assert data["model"] == model
     assert data["usage"]["total_tokens"] > 0
+
+
+@pytest.mark.requires_model
+@pytest.mark.parametrize("model", CATALOG_MODELS)
+async def test_model_tool_calls(openai_client: Any, require_model: Any, model: str) -> None:
+    """Every catalog model makes a constrained call whose arguments validate against the tool's
+    schema; `auto` works where the model has a tool parser and is otherwise a 400 naming `tools`."""
+    require_model(model)
+    response = await openai_client.chat.completions.create(
+        model=model, messages=USER, tools=TOOLS, tool_choice=NAMED, max_tokens=MAX_TOKENS, seed=11
+    )
+    calls = check_calls(response.choices[0].message, response.choices[0].finish_reason, {"get_weather"})
+    assert len(calls) == 1 and response.model == model
+    if model in AUTO_TOOL_MODELS:
+        auto = await openai_client.chat.completions.create(
+            model=model, messages=USER, tools=TOOLS, tool_choice="auto", max_tokens=32, seed=11
+        )
+        assert auto.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    else:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await openai_client.chat.completions.create(
+                model=model, messages=USER, tools=TOOLS, tool_choice="auto", max_tokens=8
+            )
+        assert caught.value.param == "tools", caught.value.body

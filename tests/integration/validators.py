@@ -45,7 +45,9 @@ class ResponseValidator:
             if obj == "chat.completion":
                 message = choice.get("message")
                 assert isinstance(message, dict) and message.get("role") == "assistant", choice
-                assert message.get("content") is None or isinstance(message["content"], str), message
+                # Always present, as OpenAI sends it: null when the answer is reasoning or tool calls.
+                assert "content" in message, message
+                assert message["content"] is None or isinstance(message["content"], str), message
                 reasoning = message.get("reasoning_content")
                 assert reasoning is None or isinstance(reasoning, str), message
             else:

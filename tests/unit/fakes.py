@@ -85,7 +85,10 @@ class FakeEngine:
     finish_reasons: Sequence[str] = ("stop",)
     reasoning: bool = False
     calls: list[FakeGenerateCall] = field(default_factory=list)
-    rendered: list[list[dict[str, str]]] = field(default_factory=list)
+    rendered: list[list[dict[str, Any]]] = field(default_factory=list)
+    rendered_tools: list[list[dict[str, Any]] | None] = field(default_factory=list)
+    # Makes the engine's tool-call parser (tests pass the adapter over a real vLLM parser).
+    tool_parser_factory: Callable[[list[dict[str, Any]]], Any] | None = None
     running: bool = False
     # When set, each generation emits this many steps, then waits until `release()` or
     # `abort_all()`; after `abort_all()` it ends with one step whose samples finish as "abort"
@@ -131,12 +134,15 @@ class FakeEngine:
     def is_running(self) -> bool:
         return self.running
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
         self.rendered.append(messages)
+        self.rendered_tools.append(tools)
         ids: list[int] = []
         for message in messages:
             ids.append(1)
-            ids.extend(self.tokenize(message["content"]))
+            ids.extend(self.tokenize(message["content"] or ""))
         return [*ids, 2]
 
     def tokenize(self, text: str) -> list[int]:
@@ -144,6 +150,13 @@ class FakeEngine:
 
     def reasoning_splitter(self) -> FakeReasoningSplitter | None:
         return FakeReasoningSplitter() if self.reasoning else None
+
+    @property
+    def tool_parser_name(self) -> str | None:
+        return "fake" if self.tool_parser_factory else None
+
+    def tool_parser(self, tools: list[dict[str, Any]]) -> Any:
+        return self.tool_parser_factory(tools) if self.tool_parser_factory else None
 
     @staticmethod
     def token_id(piece: str) -> int:

@@ -16,6 +16,8 @@ from serve_app.protocol import (
 )
 
 USER = [{"role": "user", "content": "hi"}]
+CALL = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
 
 INVALID_CHAT = [
@@ -25,7 +27,9 @@ INVALID_CHAT = [
     pytest.param({"n": 0}, "n", id="n-zero"),
     pytest.param({"max_tokens": 0}, "max_tokens", id="max_tokens-zero"),
     pytest.param({"messages": []}, "messages", id="messages-empty"),
-    pytest.param({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", id="role-tool"),
+    pytest.param(
+        {"messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool_call_id", id="tool-no-call-id"
+    ),
     pytest.param({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role", id="role-unknown"),
     pytest.param({"frobnicate": True}, "frobnicate", id="unknown-field"),
     pytest.param({"stop": ["a", "b", "c", "d", "e"]}, "stop", id="stop-five-sequences"),
@@ -47,6 +51,51 @@ INVALID_CHAT = [
     pytest.param({"logit_bias": {"42": 101}}, "logit_bias", id="logit_bias-value-out-of-range"),
     pytest.param({"top_logprobs": 21, "logprobs": True}, "top_logprobs", id="top_logprobs-21"),
     pytest.param({"model": ""}, "model", id="model-empty"),
+    pytest.param(
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
+        "tools.0.function.parameters",
+        id="tool-parameters-not-an-object-schema",
+    ),
+    pytest.param(
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]},
+        "tools.0.function.parameters",
+        id="tool-parameters-invalid-schema",
+    ),
+    pytest.param(
+        {"tools": [TOOL, TOOL]},
+        "tools",
+        id="tool-names-repeat",
+    ),
+    pytest.param(
+        {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+        "tool_choice",
+        id="tool_choice-unknown-function",
+    ),
+    pytest.param({"tool_choice": "required"}, "tool_choice", id="tool_choice-without-tools"),
+    pytest.param({"tool_choice": "sometimes", "tools": [TOOL]}, "tool_choice", id="tool_choice-unknown"),
+    pytest.param(
+        {"messages": [*USER, {"role": "assistant", "content": None}]},
+        "messages.1.content",
+        id="assistant-without-content-or-calls",
+    ),
+    pytest.param(
+        {"messages": [{"role": "user", "content": "x", "tool_call_id": "c"}]},
+        "messages.0.tool_call_id",
+        id="tool_call_id-on-a-user-message",
+    ),
+    pytest.param(
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}},
+        "response_format.json_schema.schema",
+        id="response_format-invalid-schema",
+    ),
+    pytest.param(
+        {"messages": [{"role": "user", "content": "x", "tool_calls": [CALL]}]},
+        "messages.0.content",
+        id="tool_calls-on-a-user-message",
+    ),
+    pytest.param({"messages": [{"role": "user"}]}, "messages.0.content", id="user-without-content"),
+    pytest.param({"response_format": {"type": "json_schema"}}, "response_format", id="json_schema-missing"),
+    pytest.param({"response_format": {"type": "yaml"}}, "response_format.type", id="response_format-type"),
 ]
 
 
@@ -198,3 +247,30 @@ def test_cross_field_rejections_are_400s(model: Any, body: dict[str, Any], words
     error = invalid_request_from(caught.value.errors())
     assert error.status == 400 and error.code == "invalid_value"
     assert words in error.message and not error.message.startswith("Value error")
+
+
+def test_tools_on_a_completions_request_are_a_400_naming_tools() -> None:
+    for param in ("tools", "tool_choice", "response_format"):
+        with pytest.raises(ValidationError) as caught:
+            CompletionRequest.model_validate({"model": "m", "prompt": "x", param: [TOOL]})
+        error = invalid_request_from(caught.value.errors())
+        assert (error.status, error.param, error.code) == (400, param, "unknown_parameter")
+
+
+def test_a_tool_round_trip_is_a_valid_request() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                *USER,
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+            ],
+            "tools": [TOOL],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "parallel_tool_calls": False,
+        }
+    )
+    assert request.tool_mode() == "named"
+    assert request.template_messages()[1] == {"role": "assistant", "content": None, "tool_calls": [call]}

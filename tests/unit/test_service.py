@@ -53,7 +53,9 @@ def d4(catalog: Catalog, d4_preset: Preset, d4_fits: list[ModelFit]):
 def d4_clients(critic_replies: list[Reply] | None = None) -> dict[str, FakeModelClient]:
     return {
         GEN: FakeModelClient(GEN, [Reply("draft"), Reply("revision 1"), Reply("revision 2")]),
-        CRITIC: FakeModelClient(CRITIC, critic_replies or [Reply("VERDICT: NEEDS_REVISION")]),
+        CRITIC: FakeModelClient(
+            CRITIC, critic_replies or [Reply('{"verdict":"needs_revision","problems":"x"}')]
+        ),
     }
 
 
@@ -135,7 +137,7 @@ async def test_roles_can_be_swapped_per_request(d4) -> None:
 async def test_ensemble_defaults_to_the_preset_models_judged_by_the_critic(d4) -> None:
     clients = {
         GEN: FakeModelClient(GEN, [Reply("qwen answer")]),
-        CRITIC: FakeModelClient(CRITIC, [Reply("deepseek answer"), Reply("WINNER: 1\nREASON: concise")]),
+        CRITIC: FakeModelClient(CRITIC, [Reply("deepseek answer"), Reply('{"winner":1,"reason":"concise"}')]),
     }
     service, *_ = d4(clients=clients)
     response = await service.chat(chat(model="D4", orchestration={"mode": "ensemble"}), "req-1")

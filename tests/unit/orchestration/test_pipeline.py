@@ -16,14 +16,15 @@ from serve_app.orchestration.pipeline import (
     StepFinished,
     StepStarted,
 )
+from serve_app.orchestration.verdict import VERDICT_MAX_TOKENS, pick_schema, verdict_schema
 from serve_app.protocol import ChatCompletionRequest, ChatMessage, Usage
 
 from ..fakes import FakeModelClient, Reply
 
 GEN, CRITIC, JUDGE = "qwen2.5-7b", "deepseek-r1-7b", "phi-4"
 TASK = "Write a function that reverses a string."
-NEEDS_REVISION = "1. It fails on empty input.\nVERDICT: NEEDS_REVISION"
-APPROVED = "Correct and complete.\nVERDICT: APPROVED"
+NEEDS_REVISION = '{"verdict":"needs_revision","problems":"1. It fails on empty input."}'
+APPROVED = '{"verdict":"approved","problems":""}'
 
 
 def request(**fields: Any) -> ChatCompletionRequest:
@@ -144,7 +145,7 @@ async def test_the_critics_reasoning_never_reaches_the_revision_prompt() -> None
     secret = "SECRET-CHAIN-OF-THOUGHT: maybe the user wants bytes"
     generator = FakeModelClient(GEN, [Reply("def rev(s): return s[::-1]"), Reply("revised")])
     critic = FakeModelClient(
-        CRITIC, [Reply("1. Add a docstring.\nVERDICT: NEEDS_REVISION", reasoning=secret)]
+        CRITIC, [Reply('{"verdict":"needs_revision","problems":"1. Add a docstring."}', reasoning=secret)]
     )
     await run(critique(generator, critic, rounds=1))
 
@@ -157,7 +158,7 @@ async def test_the_critics_reasoning_never_reaches_the_revision_prompt() -> None
     assert revision[-1].role == "user" and "1. Add a docstring." in revision[-1].text()
     critic_prompt = texts(critic.chat_requests[0].messages)
     assert TASK in critic_prompt and "def rev(s): return s[::-1]" in critic_prompt
-    assert "VERDICT: APPROVED" in critic_prompt  # the critic is told how to answer
+    assert '"verdict": "approved"' in critic_prompt  # the critic is told how to answer
 
 
 async def test_critic_without_a_final_answer_gets_a_placeholder_feedback() -> None:
@@ -174,17 +175,73 @@ async def test_steps_inherit_the_clients_sampling_fields() -> None:
     await run(
         critique(generator, critic, rounds=1, temperature=0.2, top_p=0.9, max_tokens=64, stop=["END"], seed=3)
     )
-    for client in (generator, critic):
-        for sub in client.chat_requests:
-            assert sub.model == client.model_id
-            assert (sub.temperature, sub.top_p, sub.max_tokens, sub.stop, sub.seed) == (
-                0.2,
-                0.9,
-                64,
-                ["END"],
-                3,
-            )
-            assert sub.orchestration is None and sub.n == 1
+    for sub in generator.chat_requests:
+        assert sub.model == GEN
+        assert (sub.temperature, sub.top_p, sub.max_tokens, sub.stop, sub.seed) == (0.2, 0.9, 64, ["END"], 3)
+        assert sub.orchestration is None and sub.n == 1
+    # The critic samples like the client asked, but its JSON verdict gets room to complete.
+    (verdict,) = critic.chat_requests
+    assert (verdict.temperature, verdict.top_p, verdict.seed) == (0.2, 0.9, 3)
+    assert verdict.max_tokens == VERDICT_MAX_TOKENS and verdict.stop is None
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+CONTRACT = {
+    "tools": TOOLS,
+    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    "response_format": {"type": "json_object"},
+}
+
+
+async def test_the_verdict_and_the_pick_are_structured_outputs_never_the_callers_contract() -> None:
+    generator = FakeModelClient(GEN, [Reply("d0"), Reply("d1")])
+    critic = FakeModelClient(CRITIC, [Reply(NEEDS_REVISION)])
+    await run(critique(generator, critic, rounds=1, **CONTRACT))
+    (verdict,) = critic.chat_requests
+    assert verdict.tools is None and verdict.tool_choice is None
+    assert verdict.response_format is not None and verdict.response_format.json_schema is not None
+    assert verdict.response_format.json_schema.schema_ == verdict_schema()
+
+    a, b = FakeModelClient(GEN, [Reply("A")]), FakeModelClient("llama-3.2-3b", [Reply("B")])
+    judge = FakeModelClient(JUDGE, [Reply('{"winner":2,"reason":"r"}')])
+    await run(ensemble([a, b], judge, **CONTRACT))
+    (pick,) = judge.chat_requests
+    assert pick.tools is None and pick.response_format is not None
+    assert pick.response_format.json_schema is not None
+    assert pick.response_format.json_schema.schema_ == pick_schema(2)
+    # Each candidate may be the final answer, so each answers under the caller's contract.
+    assert all(
+        r.tools is not None and r.response_format is not None for r in a.chat_requests + b.chat_requests
+    )
+
+
+async def test_only_the_final_critique_step_carries_the_callers_contract() -> None:
+    generator = FakeModelClient(GEN, [Reply("d0"), Reply("d1"), Reply("d2")])
+    critic = FakeModelClient(CRITIC, [Reply(NEEDS_REVISION)])
+    pipeline = critique(generator, critic, rounds=2, **CONTRACT)
+    await run(pipeline)
+    contracts = [(r.tools is not None, r.response_format is not None) for r in generator.chat_requests]
+    assert contracts == [(False, False), (False, False), (True, True)]
+    assert pipeline.final is pipeline.steps[-1]
+
+
+async def test_an_approved_draft_is_finalized_under_the_callers_contract() -> None:
+    generator = FakeModelClient(GEN, [Reply("free draft"), Reply('{"city":"Paris"}')])
+    critic = FakeModelClient(CRITIC, [Reply(APPROVED)])
+    pipeline = critique(generator, critic, rounds=2, **CONTRACT)
+    await run(pipeline)
+    assert [r.tools is not None for r in generator.chat_requests] == [False, True]
+    assert "free draft" in texts(generator.chat_requests[1].messages)
+    assert pipeline.stop_reason == "approved"
+    assert pipeline.final is not None and pipeline.final.content == '{"city":"Paris"}'
 
 
 async def test_a_failing_step_names_its_role_and_model() -> None:
@@ -268,9 +325,9 @@ async def test_a_slow_reader_of_the_final_stream_does_not_get_a_bare_cancellatio
 
 
 def ensemble(
-    candidates: list[FakeModelClient], judge: FakeModelClient, timeout: float = 5.0
+    candidates: list[FakeModelClient], judge: FakeModelClient, timeout: float = 5.0, **kw: Any
 ) -> EnsemblePipeline:
-    return EnsemblePipeline(request(), "req-1", timeout, candidates, judge)
+    return EnsemblePipeline(request(**kw), "req-1", timeout, candidates, judge)
 
 
 async def test_ensemble_candidates_run_concurrently() -> None:
@@ -286,7 +343,7 @@ async def test_ensemble_candidates_run_concurrently() -> None:
 
     a = FakeModelClient("model-a", [Reply("answer A")], before=a_waits_for_b)
     b = FakeModelClient("model-b", [Reply("answer B")], before=b_waits_for_a)
-    pipeline = ensemble([a, b], FakeModelClient(JUDGE, [Reply("WINNER: 1\nREASON: fine")]))
+    pipeline = ensemble([a, b], FakeModelClient(JUDGE, [Reply('{"winner":1,"reason":"fine"}')]))
     # Run one after the other, each candidate would wait forever for the other to start.
     async with asyncio.timeout(2):
         await run(pipeline)
@@ -299,7 +356,7 @@ async def test_ensemble_judge_picks_the_winner_and_steps_stay_in_candidate_order
         "model-b", [Reply("answer B", reasoning="B thought", prompt_tokens=2, completion_tokens=2)]
     )
     judge = FakeModelClient(
-        JUDGE, [Reply("WINNER: 2\nREASON: B handles empty input.", prompt_tokens=4, completion_tokens=4)]
+        JUDGE, [Reply('{"winner":2,"reason":"B handles empty input."}', prompt_tokens=4, completion_tokens=4)]
     )
     pipeline = ensemble([a, b], judge)
     events = await run(pipeline, stream_final=True)
@@ -324,7 +381,9 @@ async def test_ensemble_judge_picks_the_winner_and_steps_stay_in_candidate_order
     assert TASK in judge_prompt and "B thought" not in judge_prompt
 
 
-@pytest.mark.parametrize("verdict", ["Both are good answers.", "WINNER: 7\nREASON: the seventh", ""])
+@pytest.mark.parametrize(
+    "verdict", ["Both are good answers.", '{"winner":7,"reason":"the seventh"}', '{"winner":1', ""]
+)
 async def test_ensemble_without_a_valid_winner_keeps_the_first_candidate(verdict: str) -> None:
     a = FakeModelClient("model-a", [Reply("answer A")])
     b = FakeModelClient("model-b", [Reply("answer B")])
@@ -368,6 +427,6 @@ async def test_ensemble_candidate_failure_cancels_the_other_candidates() -> None
 
 async def test_ensemble_candidates_get_distinct_sub_request_ids() -> None:
     same = FakeModelClient(GEN, [Reply("first sample"), Reply("second sample")], delay_s=0.01)
-    await run(ensemble([same, same], FakeModelClient(JUDGE, [Reply("WINNER: 2\nREASON: x")])))
+    await run(ensemble([same, same], FakeModelClient(JUDGE, [Reply('{"winner":2,"reason":"x"}')])))
     ids = [request_id for _, request_id in same.requests]
     assert len(ids) == 2 and len(set(ids)) == 2, ids

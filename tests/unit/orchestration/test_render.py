@@ -15,7 +15,7 @@ from ..fakes import FakeMetrics, FakeModelClient, Reply
 from ..support import parse_sse
 
 GEN, CRITIC = "qwen2.5-7b", "deepseek-r1-7b"
-NEEDS_REVISION = "1. Too vague.\nVERDICT: NEEDS_REVISION"
+NEEDS_REVISION = '{"verdict":"needs_revision","problems":"1. Too vague."}'
 
 
 def request() -> ChatCompletionRequest:
@@ -137,7 +137,7 @@ async def test_stream_and_response_agree_on_the_answer() -> None:
 
 async def test_render_stream_of_an_approved_draft_sends_the_draft_once() -> None:
     generator = FakeModelClient(GEN, [Reply("approved draft")])
-    critic = FakeModelClient(CRITIC, [Reply("VERDICT: APPROVED")])
+    critic = FakeModelClient(CRITIC, [Reply('{"verdict":"approved","problems":""}')])
     chunks = await stream_of(CritiquePipeline(request(), "req-9", 5.0, generator, critic, 2))
     contents = [ch["delta"]["content"] for c in chunks for ch in c["choices"] if ch["delta"].get("content")]
     assert contents == ["approved draft"]
@@ -148,7 +148,12 @@ async def test_approved_draft_reasoning_is_streamed_like_it_is_returned() -> Non
     def pipeline() -> CritiquePipeline:
         generator = FakeModelClient(GEN, [Reply("answer", reasoning="generator reasoning")])
         return CritiquePipeline(
-            request(), "r", 5.0, generator, FakeModelClient(CRITIC, [Reply("VERDICT: APPROVED")]), 2
+            request(),
+            "r",
+            5.0,
+            generator,
+            FakeModelClient(CRITIC, [Reply('{"verdict":"approved","problems":""}')]),
+            2,
         )
 
     whole = await render_response(pipeline(), request(), FakeMetrics())
@@ -161,7 +166,7 @@ async def test_approved_draft_reasoning_is_streamed_like_it_is_returned() -> Non
 async def test_render_stream_of_an_ensemble() -> None:
     a = FakeModelClient("model-a", [Reply("answer A")])
     b = FakeModelClient("model-b", [Reply("answer B", reasoning="why B")])
-    judge = FakeModelClient(CRITIC, [Reply("WINNER: 2\nREASON: better")])
+    judge = FakeModelClient(CRITIC, [Reply('{"winner":2,"reason":"better"}')])
     chunks = await stream_of(EnsemblePipeline(request(), "req-9", 5.0, [a, b], judge))
     deltas = [ch["delta"] for c in chunks for ch in c["choices"] if ch["delta"].get("content")]
     assert deltas == [{"content": "answer B", "reasoning_content": "why B"}]

@@ -328,12 +328,14 @@ class FakeThreadRecordingEngine(FakeEngine):
         self.hold = hold
         self.threads: list[tuple[int, int]] = []  # (thread id, characters)
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        chars = sum(len(m["content"]) for m in messages)
+    def chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        chars = sum(len(m["content"] or "") for m in messages)
         self.threads.append((threading.get_ident(), chars))
         if self.hold is not None and chars >= PREPARE_IN_THREAD_CHARS:
             assert self.hold.wait(5), "test did not release the held prompt"
-        return super().chat_prompt(messages)
+        return super().chat_prompt(messages, tools)
 
 
 def long_chat() -> ChatCompletionRequest:
