@@ -13,11 +13,24 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
-from serve_app.protocol import ErrorDetail, ErrorResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 logger = logging.getLogger("ray.serve")
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error object (also re-exported by serve_app.protocol, with the other wire models)."""
+
+    model_config = ConfigDict(extra="ignore")
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    error: ErrorDetail
 
 
 class ServiceError(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -22,7 +22,10 @@ from pydantic import (
     model_serializer,
 )
 
-from serve_app.serving.engine_api import StructuredOutput
+from serve_app.errors import ContextLengthExceeded, InvalidRequest
+from serve_app.errors import ErrorDetail as ErrorDetail  # re-exported: the wire models live here
+from serve_app.errors import ErrorResponse as ErrorResponse
+from serve_app.serving.engine_api import SamplingSpec, StructuredOutput
 from serve_app.tools import (
     NamedToolChoice,
     ResponseFormat,
@@ -40,6 +43,9 @@ from serve_app.tools import (
 MAX_CRITIQUE_ROUNDS = 5
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 4
+# OpenAI's defaults where the request leaves a parameter out.
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
 
 
 def _require_utf8(value: str) -> str:
@@ -70,20 +76,6 @@ class Response(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-# ---------------------------------------------------------------- errors
-
-
-class ErrorDetail(Response):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(Response):
-    error: ErrorDetail
-
-
 # ---------------------------------------------------------------- shared pieces
 
 
@@ -109,7 +101,38 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "functi
 
 
 class SamplingFields(Request):
-    """Parameters shared by chat and text completions; each maps onto vLLM SamplingParams."""
+    """Parameters shared by chat and text completions. `to_sampling_spec` is the one place that
+    maps them onto the engine's sampling (vLLM's `to_sampling_params` habit); every other request
+    field is named in `NOT_SAMPLING` with the place that handles it, and a unit test fails when a
+    field is in neither (tests/unit/test_sampling_mapping.py)."""
+
+    # Request fields `to_sampling_spec` reads, besides the output limit (OUTPUT_LIMIT, per route).
+    SAMPLING: ClassVar[tuple[str, ...]] = (
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "top_k",
+        "min_tokens",
+        "ignore_eos",
+        "repetition_penalty",
+    )
+    # Sampling that means the same on every model: token ids (logit_bias) are one vocabulary's.
+    PER_MODEL: ClassVar[tuple[str, ...]] = ("logit_bias",)
+    OUTPUT_LIMIT: ClassVar[tuple[str, ...]] = ()
+    NOT_SAMPLING: ClassVar[dict[str, str]] = {
+        "model": "routing (service.py)",
+        "stream": "the route's response type",
+        "stream_options": "the serving classes' usage chunk",
+        "user": "accepted, no effect on generation",
+        "metadata": "accepted, no effect on generation",
+        "store": "accepted, no effect on generation",
+        "service_tier": "accepted, no effect on generation",
+    }
 
     model: str = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -168,6 +191,70 @@ class SamplingFields(Request):
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def output_limit(self) -> int | None:
+        raise NotImplementedError
+
+    def output_limit_param(self) -> str:
+        return "max_tokens"
+
+    def to_sampling_spec(
+        self,
+        *,
+        prompt_tokens: int,
+        max_model_len: int,
+        logprobs: int | None,
+        vocab_size: int | None = None,
+        structured: StructuredOutput | None = None,
+    ) -> SamplingSpec:
+        """This request's engine sampling for a prompt of `prompt_tokens`, rejecting (400) what the
+        model cannot honour: no room left in the context, min_tokens above the output limit, bias
+        on token ids outside the vocabulary."""
+        room = max_model_len - prompt_tokens
+        requested = self.output_limit()
+        if room < 1:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {max_model_len} tokens; the prompt has "
+                f"{prompt_tokens} tokens and leaves no room for output.",
+                param="messages" if hasattr(self, "messages") else "prompt",
+            )
+        if self.min_tokens > (requested or room):
+            raise InvalidRequest(
+                f"min_tokens {self.min_tokens} exceeds the {requested or room} tokens this "
+                "request may generate (max_tokens, or the context left)",
+                param="min_tokens",
+            )
+        if requested is not None and requested > room:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {max_model_len} tokens. The prompt has "
+                f"{prompt_tokens} tokens and max_tokens asks for {requested}; at most {room} fit.",
+                param=self.output_limit_param(),
+            )
+        bias = None
+        if self.logit_bias:
+            bias = {int(token): value for token, value in self.logit_bias.items()}
+            if vocab_size is not None and any(token >= vocab_size for token in bias):
+                raise InvalidRequest(
+                    f"logit_bias names a token id outside the vocabulary (size {vocab_size})",
+                    param="logit_bias",
+                )
+        return SamplingSpec(
+            max_tokens=requested or room,
+            temperature=DEFAULT_TEMPERATURE if self.temperature is None else self.temperature,
+            top_p=DEFAULT_TOP_P if self.top_p is None else self.top_p,
+            n=self.n,
+            stop=tuple(self.stop_list()),
+            seed=self.seed,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            logprobs=logprobs,
+            logit_bias=bias,
+            top_k=0 if self.top_k in (None, -1) else self.top_k,
+            min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            structured=structured,
+        )
 
 
 # ---------------------------------------------------------------- orchestration extension
@@ -249,6 +336,20 @@ class ChatMessage(Request):
 
 
 class ChatCompletionRequest(SamplingFields):
+    OUTPUT_LIMIT: ClassVar[tuple[str, ...]] = ("max_tokens", "max_completion_tokens")
+    NOT_SAMPLING: ClassVar[dict[str, str]] = {
+        **SamplingFields.NOT_SAMPLING,
+        "messages": "the chat template (ChatServing._prepare)",
+        "logprobs": "to_sampling_spec's logprobs argument (ChatServing._prepare)",
+        "top_logprobs": "to_sampling_spec's logprobs argument (ChatServing._prepare)",
+        "tools": "the chat template and structured_output()",
+        "tool_choice": "structured_output() and the tool-call parser",
+        "parallel_tool_calls": "structured_output()",
+        "response_format": "structured_output()",
+        "orchestration": "the pipelines (service.py)",
+        "orchestration_mode": "the pipelines (service.py)",
+    }
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -415,6 +516,16 @@ class ChatCompletionChunk(Response):
 
 
 class CompletionRequest(SamplingFields):
+    OUTPUT_LIMIT: ClassVar[tuple[str, ...]] = ("max_tokens",)
+    NOT_SAMPLING: ClassVar[dict[str, str]] = {
+        **SamplingFields.NOT_SAMPLING,
+        "prompt": "tokenized by CompletionServing",
+        "logprobs": "to_sampling_spec's logprobs argument (CompletionServing)",
+        "echo": "only false is accepted",
+        "suffix": "only null is accepted",
+        "best_of": "only equal to n is accepted",
+    }
+
     prompt: Text | list[Text] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=5)
@@ -435,6 +546,9 @@ class CompletionRequest(SamplingFields):
         if value is not None and value != info.data.get("n", 1):
             raise ValueError("best_of other than n is not supported")
         return value
+
+    def output_limit(self) -> int | None:
+        return self.max_tokens
 
     def text_chars(self) -> int:
         """How much text the tokenizer must get through (token-id prompts need none)."""

@@ -41,31 +41,20 @@ from serve_app.protocol import (
 from serve_app.serving.tool_calls import to_delta
 from serve_app.tools import CallAssembler, JsonSchemaFormat, ResponseFormat, ToolCallDelta
 
-# Sampling fields a pipeline step inherits from the client's request.
-INHERITED_FIELDS = (
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "max_completion_tokens",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "top_k",
-    "min_tokens",
-    "ignore_eos",
-    "repetition_penalty",
+# Sampling fields a pipeline step inherits from the client's request: the request's own mapping
+# (protocol.SamplingFields.SAMPLING) and output limit, less what pipelines refuse (n) and what
+# means something else on another model (logit_bias: token ids of one vocabulary).
+INHERITED_FIELDS = tuple(
+    field
+    for field in (*ChatCompletionRequest.SAMPLING, *ChatCompletionRequest.OUTPUT_LIMIT)
+    if field not in ("n", *ChatCompletionRequest.PER_MODEL)
 )
 # What a critic or judge step inherits: sampling only, never the output limits or stop sequences
 # (its JSON must complete) nor the caller's tools and response_format (they shape the final answer).
-VERDICT_INHERITED_FIELDS = (
-    "temperature",
-    "top_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "top_k",
-    "repetition_penalty",
+VERDICT_INHERITED_FIELDS = tuple(
+    field
+    for field in INHERITED_FIELDS
+    if field not in (*ChatCompletionRequest.OUTPUT_LIMIT, "stop", "min_tokens", "ignore_eos")
 )
 # The caller's output contract; it applies to the step that produces the final answer.
 CONTRACT_FIELDS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")

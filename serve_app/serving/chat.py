@@ -20,7 +20,7 @@ from serve_app.protocol import (
     Usage,
     now,
 )
-from serve_app.serving.common import Serving, build_sampling
+from serve_app.serving.common import Serving
 from serve_app.serving.engine_api import ReasoningSplitter, SampleDelta, SamplingSpec
 from serve_app.serving.engine_api import TokenLogprob as EngineLogprob
 from serve_app.serving.tool_calls import ChoiceTools
@@ -68,12 +68,9 @@ class ChatServing(Serving):
             )
         prompt = self.engine.chat_prompt(request.template_messages(), request.tool_dicts())
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
-        sampling = build_sampling(
-            request,
+        sampling = request.to_sampling_spec(
             prompt_tokens=len(prompt),
             max_model_len=self.engine.max_model_len,
-            requested_max_tokens=request.output_limit(),
-            max_tokens_param=request.output_limit_param(),
             logprobs=logprobs,
             vocab_size=self.vocab_size,
             structured=request.structured_output(),

@@ -10,10 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from serve_app.config.app_args import RequestLimits
-from serve_app.errors import ContextLengthExceeded, InvalidRequest, RequestAborted, ServiceUnavailable
+from serve_app.errors import InvalidRequest, RequestAborted, ServiceUnavailable
 from serve_app.metrics import EngineMetrics, NoMetrics
-from serve_app.protocol import SamplingFields
-from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec, StructuredOutput
+from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -22,69 +21,6 @@ logger = logging.getLogger("ray.serve")
 
 # Requests whose text is longer than this are templated and tokenized off the event loop.
 PREPARE_IN_THREAD_CHARS = 32_768
-
-# OpenAI's defaults where the request leaves a parameter out.
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_TOP_P = 1.0
-
-
-def build_sampling(
-    request: SamplingFields,
-    *,
-    prompt_tokens: int,
-    max_model_len: int,
-    requested_max_tokens: int | None,
-    logprobs: int | None,
-    max_tokens_param: str = "max_tokens",
-    vocab_size: int | None = None,
-    structured: StructuredOutput | None = None,
-) -> SamplingSpec:
-    """Map an OpenAI request onto engine sampling, rejecting what cannot be honoured."""
-    room = max_model_len - prompt_tokens
-    if room < 1:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {max_model_len} tokens; the prompt has "
-            f"{prompt_tokens} tokens and leaves no room for output.",
-            param="messages" if hasattr(request, "messages") else "prompt",
-        )
-    if request.min_tokens > (requested_max_tokens or room):
-        raise InvalidRequest(
-            f"min_tokens {request.min_tokens} exceeds the {requested_max_tokens or room} tokens this "
-            "request may generate (max_tokens, or the context left)",
-            param="min_tokens",
-        )
-    if requested_max_tokens is not None and requested_max_tokens > room:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {max_model_len} tokens. The prompt has "
-            f"{prompt_tokens} tokens and max_tokens asks for {requested_max_tokens}; at most "
-            f"{room} fit.",
-            param=max_tokens_param,
-        )
-    bias = None
-    if request.logit_bias:
-        bias = {int(token): value for token, value in request.logit_bias.items()}
-        if vocab_size is not None and any(token >= vocab_size for token in bias):
-            raise InvalidRequest(
-                f"logit_bias names a token id outside the vocabulary (size {vocab_size})",
-                param="logit_bias",
-            )
-    return SamplingSpec(
-        max_tokens=requested_max_tokens or room,
-        temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
-        top_p=DEFAULT_TOP_P if request.top_p is None else request.top_p,
-        n=request.n,
-        stop=tuple(request.stop_list()),
-        seed=request.seed,
-        presence_penalty=request.presence_penalty or 0.0,
-        frequency_penalty=request.frequency_penalty or 0.0,
-        logprobs=logprobs,
-        logit_bias=bias,
-        top_k=0 if request.top_k in (None, -1) else request.top_k,
-        min_tokens=request.min_tokens,
-        ignore_eos=request.ignore_eos,
-        repetition_penalty=request.repetition_penalty or 1.0,
-        structured=structured,
-    )
 
 
 def check_token_ids(prompt: list[int], vocab_size: int | None) -> None:

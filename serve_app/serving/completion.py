@@ -15,7 +15,7 @@ from serve_app.protocol import (
     Usage,
     now,
 )
-from serve_app.serving.common import Serving, build_sampling, check_token_ids, merge
+from serve_app.serving.common import Serving, check_token_ids, merge
 from serve_app.serving.engine_api import EngineStep, SamplingSpec, TokenLogprob
 
 MAX_PROMPTS = 16
@@ -54,11 +54,9 @@ class CompletionServing(Serving):
                 check_token_ids(list(item), self.vocab_size)
                 prompts.append(list(item))
         sampling = [
-            build_sampling(
-                request,
+            request.to_sampling_spec(
                 prompt_tokens=len(p),
                 max_model_len=self.engine.max_model_len,
-                requested_max_tokens=request.max_tokens,
                 logprobs=request.logprobs,
                 vocab_size=self.vocab_size,
             )
