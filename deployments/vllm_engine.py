@@ -286,12 +286,16 @@ class VLLMEngine:
         try:
             params = self._sampling_params(sampling)
         except (ValueError, VLLMClientError) as exc:
-            raise InvalidRequest(f"Invalid sampling parameters: {exc}") from None
+            raise InvalidRequest(
+                "The engine rejected the request's sampling parameters.", internal=repr(exc)
+            ) from None
         self._live.add(request_id)
+        produced = False  # vLLM's input checks raise before the first output; later is a bug
         try:
             async for output in self._engine.generate(
                 {"prompt_token_ids": prompt_token_ids}, params, request_id=request_id
             ):
+                produced = True
                 yield EngineStep(
                     prompt_token_count=len(output.prompt_token_ids or prompt_token_ids),
                     samples=[self._sample(o, sampling.logprobs or 0) for o in output.outputs],
@@ -309,12 +313,22 @@ class VLLMEngine:
                 "The engine failed this request; retry it.", code="engine_error"
             ) from None
         except VLLMValidationError as exc:
-            raise InvalidRequest(f"The engine rejected the request: {exc}", param=exc.parameter) from None
+            if produced:
+                raise
+            what = f"the value of {exc.parameter}" if exc.parameter else "the request"
+            raise InvalidRequest(
+                f"The engine rejected {what}.", param=exc.parameter, internal=repr(exc)
+            ) from None
         except (ValueError, VLLMClientError) as exc:
-            # vLLM's input checks (e.g. prompt too long) raise before any output.
-            raise InvalidRequest(f"The engine rejected the request: {exc}") from None
+            if produced:
+                raise
+            raise InvalidRequest("The engine rejected the request.", internal=repr(exc)) from None
         except GracefulHTTPError as exc:
-            raise ServiceUnavailable(exc.message, code="engine_busy") from None
+            raise ServiceUnavailable(
+                "The engine is too busy to take this request; retry shortly.",
+                code="engine_busy",
+                internal=exc.message,
+            ) from None
         finally:
             self._live.discard(request_id)
 

@@ -66,8 +66,12 @@ FUZZ = settings(
 )
 MISSING: Any = object()  # a key left out of the body
 SHORT_PROMPTS: list[Any] = ["a", "Hi", [5]]
-# Text that must never reach a client: tracebacks, file paths, Ray's wrapped exception reprs.
-LEAK = re.compile(r"Traceback|File \"|site-packages|RayTaskError|\(pid=\d+|ray::")
+# Internal text: tracebacks, Ray's wrappers, and raw engine exceptions (vLLM's class names, an
+# exception's repr, its modules and internal types), which the service logs but never sends.
+LEAK = re.compile(
+    r"Traceback|File \"|site-packages|RayTaskError|\(pid=\d+|ray::"
+    r"|VLLM\w*Error|\b(?:Value|Type|Key|Attribute|Runtime)Error\(|\bvllm\.|SamplingParams|EngineCore"
+)
 
 
 # ---------------------------------------------------------------- fixtures
