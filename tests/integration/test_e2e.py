@@ -210,10 +210,8 @@ async def test_sdk_single_mode_via_extra_body(openai_client: Any, model_id: str)
         extra_body={"orchestration": {"mode": "single"}},
     )
     assert reply.choices and reply.usage.completion_tokens <= 8
-    orch = (reply.model_extra or {}).get("orchestration")
-    if orch is not None:
-        assert orch["mode"] == "single" and orch["models_used"] == [model_id], orch
-        assert len(orch["steps"]) == 1
+    # Single mode is a plain model call: no pipeline ran, so the response has no orchestration.
+    assert (reply.model_extra or {}).get("orchestration") is None, reply.model_extra
 
 
 @pytest.mark.requires_model
