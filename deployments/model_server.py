@@ -6,7 +6,7 @@ The Ray shell only: state, drain and admission live in `ModelReplica` (deploymen
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -25,6 +25,7 @@ from serve_app.protocol import (
     CompletionResponse,
     ModelState,
 )
+from serve_app.serving.engine_api import Engine
 from serve_app.sse import encode_event
 from serve_app.stream_batching import batch_events
 
@@ -54,12 +55,15 @@ class ModelServer:
         budgets: DrainBudgets,
         stream_batch_s: float = 0.0,
         start_timeout_s: float = 900.0,
+        engine_cls: Callable[[EngineConfig], Engine] = VLLMEngine,
     ):
+        """`engine_cls` makes the engine from its config (Ray Serve LLM's `engine_cls` habit): vLLM
+        by default; anything implementing `Engine` runs the same replica logic."""
         self.stream_batch_s = stream_batch_s
         self.replica = ModelReplica(
             model_id,
             serve.get_replica_context().replica_id.unique_id,
-            VLLMEngine(engine_config),
+            engine_cls(engine_config),
             limits,
             HandleDirectoryClient(directory),
             budgets,
