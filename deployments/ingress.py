@@ -8,6 +8,7 @@ from typing import Any
 
 from ray import serve
 
+from deployments.model_directory import HandleDirectoryClient
 from serve_app.config import AppArgs, Catalog, Preset
 from serve_app.config.fit import ModelFit
 from serve_app.draining import InflightRequests, watch_for_stop
@@ -28,8 +29,9 @@ class Ingress:
         preset: Preset,
         fits: list[ModelFit],
         model_handles: dict[str, Any],
-        directory: Any,
+        directory_handle: Any,
     ):
+        directory = HandleDirectoryClient(directory_handle)
         clients = {model_id: HandleModelClient(model_id, h) for model_id, h in model_handles.items()}
         self.metrics = RayRequestMetrics()
         self.service = InferenceService(args, catalog, preset, fits, clients, directory, self.metrics)
@@ -39,7 +41,7 @@ class Ingress:
         budget = args.ingress.graceful_shutdown_timeout_s
 
         async def is_stopping() -> bool:
-            return bool(await directory.is_stopping.remote(replica_id))
+            return await directory.is_stopping(replica_id)
 
         async def on_cut() -> None:
             self.inflight.cut(

@@ -16,6 +16,7 @@ from typing import Any
 
 from ray import serve
 
+from serve_app.contracts import DesiredState, ModelStatus
 from serve_app.protocol import ModelState
 
 REPORT_TTL_S = 15.0
@@ -36,23 +37,23 @@ class ModelDirectoryState:
     """The logic, free of Ray so it is unit-testable."""
 
     def __init__(self, model_ids: list[str]):
-        self.desired: dict[str, str] = dict.fromkeys(model_ids, "loaded")
+        self.desired: dict[str, DesiredState] = dict.fromkeys(model_ids, "loaded")
         self.reports: dict[str, dict[str, ReplicaReport]] = {m: {} for m in model_ids}
 
-    def set_desired(self, model_id: str, desired: str) -> None:
+    def set_desired(self, model_id: str, desired: DesiredState) -> None:
         self.desired[model_id] = desired
 
-    def desired_state(self, model_id: str) -> str:
+    def desired_state(self, model_id: str) -> DesiredState:
         return self.desired[model_id]
 
-    def report(self, model_id: str, replica_id: str, state: ModelState, error: str | None) -> str:
+    def report(self, model_id: str, replica_id: str, state: ModelState, error: str | None) -> DesiredState:
         self.reports[model_id][replica_id] = ReplicaReport(state, error)
         return self.desired[model_id]
 
     def forget(self, model_id: str, replica_id: str) -> None:
         self.reports[model_id].pop(replica_id, None)
 
-    def status(self, model_id: str) -> dict[str, object]:
+    def status(self, model_id: str) -> ModelStatus:
         now = time.monotonic()
         live = {r: rep for r, rep in self.reports[model_id].items() if now - rep.at < REPORT_TTL_S}
         self.reports[model_id] = live
@@ -61,15 +62,15 @@ class ModelDirectoryState:
             counts[rep.state] = counts.get(rep.state, 0) + 1
         desired = self.desired[model_id]
         errors = [rep.error for rep in live.values() if rep.error]
-        return {
-            "desired": desired,
-            "state": aggregate_state(desired, counts),
-            "replicas": counts,
-            "error": errors[0] if errors else None,
-        }
+        return ModelStatus(
+            desired=desired,
+            state=aggregate_state(desired, counts),
+            replicas=counts,
+            error=errors[0] if errors else None,
+        )
 
 
-def aggregate_state(desired: str, counts: dict[str, int]) -> ModelState:
+def aggregate_state(desired: DesiredState, counts: dict[str, int]) -> ModelState:
     """One state for the model. Ready when every live replica is ready, or when some are ready and
     the rest failed (it still serves; a failed replica is Ray's to replace and shows in `error`)."""
     if not counts:
@@ -142,17 +143,39 @@ class ModelDirectory:
         self._stopping.ensure_polling()
         return replica_id in self._stopping.ids
 
-    def set_desired(self, model_id: str, desired: str) -> None:
+    def set_desired(self, model_id: str, desired: DesiredState) -> None:
         self._state.set_desired(model_id, desired)
 
-    def report(self, model_id: str, replica_id: str, state: ModelState, error: str | None) -> str:
+    def report(self, model_id: str, replica_id: str, state: ModelState, error: str | None) -> DesiredState:
         return self._state.report(model_id, replica_id, state, error)
 
     def forget(self, model_id: str, replica_id: str) -> None:
         self._state.forget(model_id, replica_id)
 
-    def status(self, model_id: str) -> dict[str, object]:
+    def status(self, model_id: str) -> ModelStatus:
         return self._state.status(model_id)
 
-    def all_status(self) -> dict[str, dict[str, object]]:
+    def all_status(self) -> dict[str, ModelStatus]:
         return {model_id: self._state.status(model_id) for model_id in self._state.desired}
+
+
+class HandleDirectoryClient:
+    """The ModelDirectory deployment through its handle: both the ingress's and a model
+    replica's view of it (`IngressDirectory`, `ReplicaDirectory`)."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+
+    async def report(
+        self, model_id: str, replica_id: str, state: ModelState, error: str | None
+    ) -> DesiredState:
+        return await self.handle.report.remote(model_id, replica_id, state, error)
+
+    async def is_stopping(self, replica_id: str) -> bool:
+        return await self.handle.is_stopping.remote(replica_id)
+
+    async def all_status(self) -> dict[str, ModelStatus]:
+        return await self.handle.all_status.remote()
+
+    async def set_desired(self, model_id: str, desired: DesiredState) -> None:
+        await self.handle.set_desired.remote(model_id, desired)

@@ -13,9 +13,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 from serve_app.config.app_args import RequestLimits
+from serve_app.contracts import ReplicaDirectory
 from serve_app.draining import watch_for_stop
 from serve_app.errors import (
     ModelNotLoaded,
@@ -37,16 +37,6 @@ RECONCILE_PERIOD_S = 1.0
 DRAIN_POLL_S = 0.2
 
 
-class DirectoryClient(Protocol):
-    """What a model replica asks of the ModelDirectory."""
-
-    async def report(self, model_id: str, replica_id: str, state: ModelState, error: str | None) -> str:
-        """Record this replica's state; answer the model's desired state ("loaded"/"unloaded")."""
-
-    async def is_stopping(self, replica_id: str) -> bool:
-        """Whether Serve's controller is stopping this replica (redeploy, downscale)."""
-
-
 @dataclass(frozen=True)
 class DrainBudgets:
     """How long open requests may run once the replica stops admitting them.
@@ -66,7 +56,7 @@ class ModelReplica:
         replica_id: str,
         engine: Engine,
         limits: RequestLimits,
-        directory: DirectoryClient,
+        directory: ReplicaDirectory,
         budgets: DrainBudgets,
         metrics: EngineMetrics | None = None,
         *,

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.model_directory import HandleDirectoryClient
 from deployments.model_replica import DrainBudgets, ModelReplica
 from deployments.vllm_engine import EngineConfig, VLLMEngine
 from serve_app.config.app_args import RequestLimits
@@ -23,24 +24,10 @@ from serve_app.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
-    ModelState,
 )
 from serve_app.serving.engine_api import Engine
 from serve_app.sse import encode_event
 from serve_app.stream_batching import batch_events
-
-
-class HandleDirectoryClient:
-    """The ModelDirectory deployment, reached through its handle."""
-
-    def __init__(self, handle: DeploymentHandle):
-        self.handle = handle
-
-    async def report(self, model_id: str, replica_id: str, state: ModelState, error: str | None) -> str:
-        return await self.handle.report.remote(model_id, replica_id, state, error)
-
-    async def is_stopping(self, replica_id: str) -> bool:
-        return await self.handle.is_stopping.remote(replica_id)
 
 
 class ModelServer:

@@ -12,6 +12,7 @@ from typing import Any
 
 from serve_app.config import AppArgs, Catalog, OrchestrationMode, Preset, Role
 from serve_app.config.fit import ModelFit
+from serve_app.contracts import IngressDirectory, ModelStatus
 from serve_app.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from serve_app.metrics import NoMetrics, RequestMetrics
 from serve_app.model_client import HandleModelClient
@@ -50,7 +51,7 @@ class InferenceService:
         preset: Preset,
         fits: list[ModelFit],
         clients: dict[str, HandleModelClient],
-        directory: Any,
+        directory: IngressDirectory,
         metrics: RequestMetrics | None = None,
     ):
         self.args = args
@@ -60,13 +61,13 @@ class InferenceService:
         self.clients = clients
         self.directory = directory
         self.metrics = metrics or NoMetrics()
-        self._status: dict[str, dict[str, Any]] = {}
+        self._status: dict[str, ModelStatus] = {}
         self._status_at = self._status_asked = 0.0
         self._status_refresh: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ model state
 
-    async def _statuses(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
+    async def _statuses(self, fresh: bool = False) -> dict[str, ModelStatus]:
         """Every model's state from the ModelDirectory.
 
         `fresh` (load/unload) always asks the directory. Otherwise a copy under STATUS_CACHE_S old
@@ -82,7 +83,7 @@ class InferenceService:
 
     async def _refresh_status(self) -> None:
         asked = time.monotonic()
-        status = await self.directory.all_status.remote()
+        status = await self.directory.all_status()
         if asked >= self._status_asked:  # else a later question was answered first: keep that
             self._status, self._status_at, self._status_asked = status, time.monotonic(), asked
 
@@ -92,17 +93,18 @@ class InferenceService:
             # The copy stays until STATUS_STALE_MAX_S, when a caller waits and sees the error.
             logger.warning("refreshing model states failed: %r", task.exception())
 
-    def _card(self, model_id: str, status: dict[str, Any]) -> ModelCard:
+    def _card(self, model_id: str, status: ModelStatus | None) -> ModelCard:
+        status = status or ModelStatus()  # not reported yet: loading
         spec = self.catalog.get(model_id)
         role = self.preset.roles.get(model_id)
         return ModelCard(
             id=model_id,
-            status=status.get("state", "loading"),
+            status=status.state,
             role=role.value if role else None,
             hf_source=spec.hf_source,
             max_model_len=spec.max_model_len if self.args.profile == "gpu" else self.args.cpu.max_model_len,
-            replicas=status.get("replicas", {}),
-            error=status.get("error"),
+            replicas=status.replicas,
+            error=status.error,
             unload_drain_timeout_s=self.args.serving_overrides.get(model_id, spec.serving).unload_drain_s(),
             capabilities=ModelCapabilities(
                 tool_choice=["none", "auto", "required", "named"]
@@ -131,19 +133,19 @@ class InferenceService:
     async def list_models(self) -> ModelList:
         statuses = await self._statuses()
         return ModelList(
-            data=[self._card(m, statuses.get(m, {})) for m in self.preset.models],
+            data=[self._card(m, statuses.get(m)) for m in self.preset.models],
             preset=self.preset.name,
             orchestration_mode=self.preset.orchestration_mode.value,
         )
 
     async def get_model(self, model_id: str) -> ModelCard:
         self._require_deployed(model_id)
-        return self._card(model_id, (await self._statuses()).get(model_id, {}))
+        return self._card(model_id, (await self._statuses()).get(model_id))
 
     async def _await_state(self, model_id: str, wanted: set[str], timeout_s: float) -> LoadResult:
         deadline = time.monotonic() + timeout_s
         while True:
-            status = (await self._statuses(fresh=True))[model_id]
+            status = (await self._statuses(fresh=True)).get(model_id)
             card = self._card(model_id, status)
             if card.status in wanted:
                 return LoadResult(card, True)
@@ -158,17 +160,17 @@ class InferenceService:
 
     async def load(self, model_id: str, wait_s: float) -> LoadResult:
         self._require_deployed(model_id)
-        await self.directory.set_desired.remote(model_id, "loaded")
+        await self.directory.set_desired(model_id, "loaded")
         return await self._await_state(model_id, {"ready"}, wait_s)
 
     async def unload(self, model_id: str, wait_s: float) -> LoadResult:
         self._require_deployed(model_id)
-        await self.directory.set_desired.remote(model_id, "unloaded")
+        await self.directory.set_desired(model_id, "unloaded")
         return await self._await_state(model_id, {"unloaded"}, wait_s)
 
     async def readiness(self) -> dict[str, str]:
         statuses = await self._statuses(fresh=True)
-        states = {m: statuses.get(m, {}).get("state", "loading") for m in self.preset.models}
+        states: dict[str, str] = {m: (statuses.get(m) or ModelStatus()).state for m in self.preset.models}
         if any(state != "ready" for state in states.values()):
             raise ServiceUnavailable(f"Not every model is ready: {states}", code="not_ready")
         return states
@@ -202,7 +204,8 @@ class InferenceService:
 
     async def _require_ready(self, model_id: str, param: str) -> HandleModelClient:
         client = self._require_deployed(model_id, param)
-        state = (await self._statuses()).get(model_id, {}).get("state")
+        status = (await self._statuses()).get(model_id)
+        state = status.state if status else None
         if state != "ready":
             raise InvalidRequest(
                 f"Model {model_id} ({param}) is {state or 'unknown'}, not ready.",

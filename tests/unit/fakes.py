@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
+from serve_app.contracts import ModelStatus
 from serve_app.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -355,7 +356,8 @@ def words(text: str) -> list[str]:
 
 
 class FakeRemoteMethod:
-    """Like a DeploymentHandle method: `.remote(...)` returns an awaitable; calls are recorded."""
+    """Like a DeploymentHandle method: `.remote(...)` returns an awaitable; calls are recorded. Also
+    awaitable when called directly, as a method of a typed client (`IngressDirectory`)."""
 
     def __init__(self, fn: Callable[..., Any]):
         self._fn = fn
@@ -368,6 +370,9 @@ class FakeRemoteMethod:
             return self._fn(*args)
 
         return call()
+
+    def __call__(self, *args: Any) -> Awaitable[Any]:
+        return self.remote(*args)
 
 
 class FakeDirectory:
@@ -384,16 +389,18 @@ class FakeDirectory:
     def _set_desired(self, model_id: str, desired: str) -> None:
         self.desired[model_id] = desired
 
-    def _all_status(self) -> dict[str, dict[str, Any]]:
+    def _all_status(self) -> dict[str, ModelStatus]:
         result = {}
         for model_id, script in self.scripts.items():
             state = script.pop(0) if len(script) > 1 else script[0]
-            result[model_id] = {
-                "desired": self.desired[model_id],
-                "state": state,
-                "replicas": {state: 1},
-                "error": self.errors.get(model_id),
-            }
+            result[model_id] = ModelStatus.model_validate(
+                {
+                    "desired": self.desired[model_id],
+                    "state": state,
+                    "replicas": {state: 1},
+                    "error": self.errors.get(model_id),
+                }
+            )
         return result
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from deployments import model_directory
 from deployments.model_directory import REPORT_TTL_S, ModelDirectoryState, aggregate_state
+from serve_app.contracts import ModelStatus
 
 
 @pytest.mark.parametrize(
@@ -38,17 +39,17 @@ def test_aggregate_state(desired: str, counts: dict[str, int], expected: str) ->
 def test_a_new_model_is_desired_loaded_and_loading() -> None:
     state = ModelDirectoryState(["a", "b"])
     assert state.desired_state("a") == "loaded"
-    assert state.status("a") == {"desired": "loaded", "state": "loading", "replicas": {}, "error": None}
+    assert state.status("a") == ModelStatus(desired="loaded", state="loading", replicas={}, error=None)
 
 
 def test_reports_from_replicas_aggregate() -> None:
     state = ModelDirectoryState(["m"])
     assert state.report("m", "r1", "ready", None) == "loaded"
     state.report("m", "r2", "loading", None)
-    assert state.status("m")["state"] == "loading"
-    assert state.status("m")["replicas"] == {"ready": 1, "loading": 1}
+    assert state.status("m").state == "loading"
+    assert state.status("m").replicas == {"ready": 1, "loading": 1}
     state.report("m", "r2", "ready", None)
-    assert state.status("m")["state"] == "ready" and state.status("m")["replicas"] == {"ready": 2}
+    assert state.status("m").state == "ready" and state.status("m").replicas == {"ready": 2}
 
 
 def test_set_desired_is_returned_to_reporting_replicas() -> None:
@@ -56,9 +57,9 @@ def test_set_desired_is_returned_to_reporting_replicas() -> None:
     state.report("m", "r1", "ready", None)
     state.set_desired("m", "unloaded")
     assert state.report("m", "r1", "ready", None) == "unloaded"
-    assert state.status("m")["state"] == "unloading"
+    assert state.status("m").state == "unloading"
     state.report("m", "r1", "unloaded", None)
-    assert state.status("m") == {
+    assert state.status("m").model_dump() == {
         "desired": "unloaded",
         "state": "unloaded",
         "replicas": {"unloaded": 1},
@@ -70,7 +71,7 @@ def test_failed_replica_error_is_reported() -> None:
     state = ModelDirectoryState(["m"])
     state.report("m", "r1", "failed", "engine failed to start: OutOfMemoryError")
     status = state.status("m")
-    assert status["state"] == "failed" and status["error"] == "engine failed to start: OutOfMemoryError"
+    assert status.state == "failed" and status.error == "engine failed to start: OutOfMemoryError"
 
 
 def test_forgotten_replicas_no_longer_count() -> None:
@@ -79,7 +80,7 @@ def test_forgotten_replicas_no_longer_count() -> None:
     state.report("m", "r2", "loading", None)
     state.forget("m", "r2")
     state.forget("m", "never-reported")
-    assert state.status("m")["state"] == "ready"
+    assert state.status("m").state == "ready"
 
 
 class FakeClock:
@@ -109,9 +110,9 @@ def test_stale_reports_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     state.report("m", "r2", "ready", None)
     _stamp_reports(state, clock)
     clock.offset = REPORT_TTL_S - 1
-    assert state.status("m")["replicas"] == {"ready": 2}
+    assert state.status("m").replicas == {"ready": 2}
     clock.offset = REPORT_TTL_S + 1  # nobody reported for longer than the TTL
-    assert state.status("m") == {"desired": "loaded", "state": "loading", "replicas": {}, "error": None}
+    assert state.status("m") == ModelStatus(desired="loaded", state="loading", replicas={}, error=None)
     assert state.reports["m"] == {}
 
 
@@ -122,11 +123,11 @@ def test_only_the_silent_replica_expires(monkeypatch: pytest.MonkeyPatch) -> Non
     state.report("m", "dead-replica", "loading", "stuck")
     state.report("m", "live-replica", "ready", None)
     _stamp_reports(state, clock)
-    assert state.status("m")["state"] == "loading"
+    assert state.status("m").state == "loading"
     # The dead replica's last report is older than the TTL; the live one just reported.
     state.reports["m"]["dead-replica"].at -= REPORT_TTL_S + 1
     status = state.status("m")
-    assert status["replicas"] == {"ready": 1} and status["state"] == "ready" and status["error"] is None
+    assert status.replicas == {"ready": 1} and status.state == "ready" and status.error is None
     assert set(state.reports["m"]) == {"live-replica"}
 
 
