@@ -18,13 +18,23 @@ from serve_app.protocol import (
 
 
 class ModelClient(Protocol):
-    model_id: str
+    """Everything the ingress asks of one model deployment: pipelines use the chunk stream, the
+    single-model routes the SSE strings the replica already encoded (and batched)."""
+
+    @property
+    def model_id(self) -> str: ...
 
     async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse: ...
 
     def chat_chunks(
         self, request: ChatCompletionRequest, request_id: str
     ) -> AsyncIterator[ChatCompletionChunk]: ...
+
+    def chat_sse(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]: ...
+
+    async def completion(self, request: CompletionRequest, request_id: str) -> CompletionResponse: ...
+
+    def completion_sse(self, request: CompletionRequest, request_id: str) -> AsyncIterator[str]: ...
 
 
 class HandleModelClient:

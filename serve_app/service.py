@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ from serve_app.config.fit import ModelFit
 from serve_app.contracts import IngressDirectory, ModelStatus
 from serve_app.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from serve_app.metrics import NoMetrics, RequestMetrics
-from serve_app.model_client import HandleModelClient
+from serve_app.model_client import ModelClient
 from serve_app.orchestration.pipeline import CritiquePipeline, EnsemblePipeline, Pipeline
 from serve_app.orchestration.render import render_response, render_stream
 from serve_app.protocol import (
@@ -50,7 +50,7 @@ class InferenceService:
         catalog: Catalog,
         preset: Preset,
         fits: list[ModelFit],
-        clients: dict[str, HandleModelClient],
+        clients: Mapping[str, ModelClient],
         directory: IngressDirectory,
         metrics: RequestMetrics | None = None,
     ):
@@ -115,7 +115,7 @@ class InferenceService:
             ),
         )
 
-    def _require_deployed(self, model_id: str, param: str = "model") -> HandleModelClient:
+    def _require_deployed(self, model_id: str, param: str = "model") -> ModelClient:
         client = self.clients.get(model_id)
         if client is None:
             known = any(m.id == model_id for m in self.catalog.models)
@@ -202,7 +202,7 @@ class InferenceService:
 
     # ------------------------------------------------------------------ requests
 
-    async def _require_ready(self, model_id: str, param: str) -> HandleModelClient:
+    async def _require_ready(self, model_id: str, param: str) -> ModelClient:
         client = self._require_deployed(model_id, param)
         status = (await self._statuses()).get(model_id)
         state = status.state if status else None

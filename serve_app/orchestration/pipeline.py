@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from serve_app.errors import ServiceError, UpstreamTimeout, to_service_error
@@ -302,7 +302,7 @@ class EnsemblePipeline(Pipeline):
     mode = "ensemble"
 
     def __init__(
-        self, request, request_id, step_timeout_s, candidates: list[ModelClient], judge: ModelClient
+        self, request, request_id, step_timeout_s, candidates: Sequence[ModelClient], judge: ModelClient
     ):
         super().__init__(request, request_id, step_timeout_s)
         self.candidates, self.judge = candidates, judge
