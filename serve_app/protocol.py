@@ -271,6 +271,30 @@ class OrchestrationRequest(Request):
     judge: str | None = None
 
 
+# Why a pipeline ended: the critic approved, the rounds ran out, a step failed, the judge picked.
+StopReason = Literal["approved", "max_rounds", "error", "judged", "single"]
+
+
+class OrchestrationEvent(Response):
+    """Progress of a pipeline in its stream: a step started, or finished (with its latency, usage
+    and the critic's verdict, null for other roles)."""
+
+    type: Literal["step_started", "step_finished"]
+    role: str
+    model: str
+    round: int
+    latency_ms: float | None = None
+    usage: Usage | None = None
+    verdict: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _verdict_of_finished_steps(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.type == "step_finished":  # kept even when null (chunks drop null fields)
+            data["verdict"] = self.verdict
+        return data
+
+
 class OrchestrationStep(Response):
     role: str
     model: str
@@ -279,7 +303,7 @@ class OrchestrationStep(Response):
     reasoning_content: str | None = None
     usage: Usage
     latency_ms: float
-    finish_reason: str | None
+    finish_reason: FinishReason | None
     verdict: str | None = None
     tool_calls: list[ToolCall] | None = None
 
@@ -288,7 +312,7 @@ class OrchestrationInfo(Response):
     mode: str
     models_used: list[str]
     rounds: int
-    stop_reason: Literal["approved", "max_rounds", "error", "judged", "single"]
+    stop_reason: StopReason
     steps: list[OrchestrationStep]
     total_latency_ms: float
     reason: str | None = None
@@ -472,7 +496,7 @@ class AssistantMessage(Response):
 class ChatChoice(Response):
     index: int
     message: AssistantMessage
-    finish_reason: str | None
+    finish_reason: FinishReason | None
     logprobs: ChatLogprobs | None = None
 
 
@@ -496,7 +520,7 @@ class DeltaMessage(Response):
 class ChatChunkChoice(Response):
     index: int
     delta: DeltaMessage
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     logprobs: ChatLogprobs | None = None
 
 
@@ -509,7 +533,7 @@ class ChatCompletionChunk(Response):
     usage: Usage | None = None
     orchestration: OrchestrationInfo | None = None
     # Progress of a multi-step pipeline; OpenAI clients ignore unknown fields.
-    orchestration_event: dict[str, Any] | None = None
+    orchestration_event: OrchestrationEvent | None = None
 
 
 # ---------------------------------------------------------------- text completions
@@ -573,7 +597,7 @@ class CompletionLogprobs(Response):
 class CompletionChoice(Response):
     index: int
     text: str
-    finish_reason: str | None
+    finish_reason: FinishReason | None
     logprobs: CompletionLogprobs | None = None
 
 

@@ -35,6 +35,7 @@ from serve_app.protocol import (
     ChatMessage,
     OrchestrationInfo,
     OrchestrationStep,
+    StopReason,
     StreamOptions,
     Usage,
 )
@@ -91,7 +92,7 @@ class Pipeline:
         self.step_timeout_s = step_timeout_s
         self.steps: list[OrchestrationStep] = []
         self.started = time.perf_counter()
-        self.stop_reason = "single"
+        self.stop_reason: StopReason = "single"
         self.reason: str | None = None
         self.final: OrchestrationStep | None = None
         self._call_numbers = itertools.count(1)  # unique sub-request ids, also for concurrent steps
@@ -222,7 +223,7 @@ class Pipeline:
             mode=self.mode,
             models_used=[step.model for step in self.steps],
             rounds=max((step.round for step in self.steps), default=0),
-            stop_reason=self.stop_reason,  # type: ignore[arg-type]
+            stop_reason=self.stop_reason,
             steps=self.steps,
             total_latency_ms=round((time.perf_counter() - self.started) * 1000, 3),
             reason=self.reason,

@@ -14,6 +14,7 @@ from serve_app.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     DeltaMessage,
+    OrchestrationEvent,
     now,
 )
 from serve_app.sse import encode_event
@@ -68,26 +69,23 @@ async def render_stream(
         if isinstance(event, StepStarted):
             yield chunk(
                 choices=[],
-                orchestration_event={
-                    "type": "step_started",
-                    "role": event.role,
-                    "model": event.model,
-                    "round": event.round,
-                },
+                orchestration_event=OrchestrationEvent(
+                    type="step_started", role=event.role, model=event.model, round=event.round
+                ),
             )
         elif isinstance(event, StepFinished):
             step = event.step
             yield chunk(
                 choices=[],
-                orchestration_event={
-                    "type": "step_finished",
-                    "role": step.role,
-                    "model": step.model,
-                    "round": step.round,
-                    "latency_ms": step.latency_ms,
-                    "usage": step.usage.model_dump(),
-                    "verdict": step.verdict,
-                },
+                orchestration_event=OrchestrationEvent(
+                    type="step_finished",
+                    role=step.role,
+                    model=step.model,
+                    round=step.round,
+                    latency_ms=step.latency_ms,
+                    usage=step.usage,
+                    verdict=step.verdict,
+                ),
             )
         elif isinstance(event, FinalDelta):
             delta = DeltaMessage(

@@ -274,3 +274,28 @@ def test_a_tool_round_trip_is_a_valid_request() -> None:
     )
     assert request.tool_mode() == "named"
     assert request.template_messages()[1] == {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def test_orchestration_events_keep_their_wire_shape() -> None:
+    import json
+
+    from serve_app.protocol import ChatCompletionChunk, OrchestrationEvent, Usage
+    from serve_app.sse import encode_event
+
+    def event(**fields: object) -> dict[str, object]:
+        chunk = ChatCompletionChunk(
+            id="c",
+            created=0,
+            model="m",
+            choices=[],
+            orchestration_event=OrchestrationEvent(**fields),  # type: ignore[arg-type]
+        )
+        return json.loads(encode_event(chunk).removeprefix("data: "))["orchestration_event"]
+
+    started = event(type="step_started", role="generator", model="g", round=0)
+    assert started == {"type": "step_started", "role": "generator", "model": "g", "round": 0}
+    finished = event(
+        type="step_finished", role="generator", model="g", round=0, latency_ms=2.0, usage=Usage()
+    )
+    assert finished["verdict"] is None and "verdict" in finished, "a finished step always says its verdict"
+    assert finished["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
