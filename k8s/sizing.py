@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from k8s.render_inputs import RenderError
-from serve_app.app import GPU_INGRESS_CPUS, GPU_MODEL_REPLICA_CPUS
 from serve_app.config import Catalog, Preset
+from serve_app.config.resources import GPU_INGRESS_CPUS, GPU_MODEL_REPLICA_CPUS
 
 # Host (not GPU) memory one vLLM engine and its Serve replica use: CUDA context, torch, tokenizer,
 # sampler buffers. Plus what the Ray node itself takes (raylet, agent, proxy, object store).

@@ -27,16 +27,14 @@ from serve_app.config import (
     load_preset,
 )
 from serve_app.config.budgets import check_drain_budgets, deregistration_window_s
+from serve_app.config.resources import (
+    CPU_GPU_MEMORY_UTILIZATION,
+    CPU_INGRESS_CPUS,
+    GPU_INGRESS_CPUS,
+    GPU_MODEL_REPLICA_CPUS,
+)
 
 logger = logging.getLogger("ray.serve")
-
-# vLLM on the GPU sizes its KV cache from gpu_memory_utilization; on the CPU it ignores it and
-# reads VLLM_CPU_KVCACHE_SPACE, but still refuses values above what a "device" would allow.
-CPU_GPU_MEMORY_UTILIZATION = 0.05
-# Ray CPUs per replica; k8s/sizing.py and k8s/rayservice_builder.py size pods from the same numbers.
-GPU_MODEL_REPLICA_CPUS = 1
-GPU_INGRESS_CPUS = 1
-CPU_INGRESS_CPUS = 0.25
 
 
 def engine_config(spec: ModelSpec, args: AppArgs) -> EngineConfig:

@@ -518,3 +518,16 @@ def test_documented_metrics_match_what_the_service_defines() -> None:
     assert defined, "no ray.serve.metrics definitions found in serve_app/metrics.py"
     ours = {name: kind for name, kind in documented.items() if name.startswith("ray_inference_")}
     assert ours == defined, "docs/deploy-eks.md metric table and serve_app/metrics.py disagree"
+
+
+def test_the_renderer_does_not_import_the_serve_application() -> None:
+    # k8s/ sizes pods from serve_app/config alone: no Ray Serve, no deployments, no builder.
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, k8s.render; "
+        "print(sorted(m for m in ('ray.serve', 'serve_app.app', 'deployments.model_server') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
