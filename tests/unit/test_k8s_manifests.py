@@ -525,9 +525,7 @@ def test_the_renderer_does_not_import_the_serve_application() -> None:
     import subprocess
     import sys
 
-    probe = (
-        "import sys, k8s.render; "
-        "print(sorted(m for m in ('ray.serve', 'serve_app.app', 'deployments.model_server') if m in sys.modules))"
-    )
+    heavy = ("ray.serve", "serve_app.app", "deployments.model_server")
+    probe = f"import sys, k8s.render; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
