@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import time
 from typing import Any
 
 from ray import serve
 
+from deployments.quota_store import HandleQuotaStore
 from serve_app.config import AppArgs, Catalog, Preset
 from serve_app.config.fit import ModelFit
 from serve_app.draining import InflightRequests, watch_for_stop
 from serve_app.errors import restarting
-from serve_app.http_guard import KeyPolicy
-from serve_app.metrics import RayRequestMetrics
+from serve_app.metrics import RayRequestMetrics, RayTenantMetrics
 from serve_app.model_client import HandleModelClient
 from serve_app.routes import build_api
 from serve_app.service import InferenceService
-
-API_KEY_ENV = "INFERENCE_API_KEY"
-ADMIN_KEY_ENV = "INFERENCE_ADMIN_KEY"
+from serve_app.tenancy.keys import KeyRing
+from serve_app.tenancy.metering import MeteredModelClient
+from serve_app.tenancy.quota import Quota
 
 
 @serve.ingress()
@@ -32,11 +32,18 @@ class Ingress:
         fits: list[ModelFit],
         model_handles: dict[str, Any],
         directory: Any,
+        quota_store: Any,
     ):
-        clients = {model_id: HandleModelClient(model_id, h) for model_id, h in model_handles.items()}
+        # Every model call is charged to the caller's key (serve_app/tenancy/metering.py).
+        clients: dict[str, HandleModelClient] = {
+            model_id: MeteredModelClient(model_id, h) for model_id, h in model_handles.items()
+        }
         self.metrics = RayRequestMetrics()
+        self.tenant_metrics = RayTenantMetrics()
         self.service = InferenceService(args, catalog, preset, fits, clients, directory, self.metrics)
-        self.policy = KeyPolicy.from_env_values(os.environ.get(API_KEY_ENV), os.environ.get(ADMIN_KEY_ENV))
+        # INFERENCE_API_KEY / INFERENCE_ADMIN_KEY (unlimited) plus the INFERENCE_KEYS_FILE policies.
+        self.policy = KeyRing.from_env(time.monotonic)
+        self.quota = Quota(HandleQuotaStore(quota_store), time.monotonic)
         self.inflight = InflightRequests()
         replica_id = serve.get_replica_context().replica_id.unique_id
         budget = args.ingress.graceful_shutdown_timeout_s
@@ -57,4 +64,6 @@ class Ingress:
         )
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_api(self.service, self.policy, self.metrics, self.inflight)
+        return build_api(
+            self.service, self.policy, self.metrics, self.inflight, self.quota, self.tenant_metrics
+        )

@@ -92,6 +92,8 @@ class VLLMEngine:
             seed=self.config.seed,
             disable_log_stats=False,
             stream_interval=self.config.stream_interval,
+            # Tenancy tiers map to request priorities (serve_app/tenancy/keys.py TIER_PRIORITY).
+            scheduling_policy="priority",
             worker_extension_cls=AMX_EXTENSION if self.config.cpu else "",
         )
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
@@ -184,7 +186,10 @@ class VLLMEngine:
         self._live.add(request_id)
         try:
             async for output in self._engine.generate(
-                {"prompt_token_ids": prompt_token_ids}, params, request_id=request_id
+                {"prompt_token_ids": prompt_token_ids},
+                params,
+                request_id=request_id,
+                priority=sampling.priority,
             ):
                 yield EngineStep(
                     prompt_token_count=len(output.prompt_token_ids or prompt_token_ids),

@@ -107,6 +107,9 @@ class SamplingFields(Request):
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
+    # vLLM's scheduling priority (lower is served first). With API keys, the ingress sets it from
+    # the key's tier (serve_app/tenancy/metering.py): a client cannot jump the queue.
+    priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
 
     @field_validator("stop")
     @classmethod

@@ -82,6 +82,7 @@ def build_sampling(
         min_tokens=request.min_tokens,
         ignore_eos=request.ignore_eos,
         repetition_penalty=request.repetition_penalty or 1.0,
+        priority=request.priority,
     )
 
 

@@ -29,6 +29,7 @@ class SamplingSpec:
     min_tokens: int = 0
     ignore_eos: bool = False
     repetition_penalty: float = 1.0
+    priority: int = 0  # vLLM priority scheduling: lower first
 
 
 @dataclass(frozen=True)
