@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextvars
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from serve_app.errors import ServiceError
@@ -107,6 +107,8 @@ class _Lease:
     left: int = 0
     expires: float = 0.0
     snapshot: Snapshot | None = None
+    refused: Grant | None = None  # the store's last refusal, repeated locally until `refused_until`
+    refused_until: float = 0.0
 
 
 @dataclass
@@ -178,11 +180,17 @@ class Quota:
         if not slot and lease.left > 0 and now < lease.expires and tokens_ok:
             lease.left -= 1
             return Admission(self, principal)
+        if lease.refused is not None and now < lease.refused_until:
+            # Nothing refills before then: a key over its limit does not make a round trip per try.
+            wait = replace(lease.refused, retry_after_s=lease.refused_until - now)
+            raise _refusal(principal, wait)
         wanted = 1 if slot or limits.requests_per_minute is None else lease_size(limits.requests_per_minute)
         unused, lease.left = lease.left, 0
         grant = await self.store.lease(principal.key_id, limits, wanted, slot, unused)
         lease.snapshot = grant.snapshot
         if grant.requests == 0:
+            if grant.reason != "concurrency":  # a slot may free up any moment: always ask
+                lease.refused, lease.refused_until = grant, self.clock() + grant.retry_after_s
             raise _refusal(principal, grant)
         lease.left, lease.expires = grant.requests - 1, self.clock() + LEASE_TTL_S
         return Admission(self, principal, slot=grant.slot)
