@@ -194,7 +194,8 @@ class KeyTable:
 
 class KeyRing:
     """The current `KeyTable`, rebuilt when the keys file changes (checked at most every
-    `check_every_s`, by modification time and size, on the request path: no thread, no restart).
+    `check_every_s`, by modification time, size and inode, on the request path: no thread, no
+    restart).
 
     A Kubernetes Secret volume swaps files through a symlink, which changes the resolved stat."""
 
@@ -208,7 +209,7 @@ class KeyRing:
     ):
         self.api, self.admin, self.path = api, admin, path
         self.clock, self.check_every_s = clock, check_every_s
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._checked_at = float("-inf")
         self.table = KeyTable.build(api, admin)
         self.last_error: str | None = None
@@ -232,7 +233,7 @@ class KeyRing:
         self._checked_at = self.clock()
         try:
             stat = Path(self.path).stat()
-            stamp = (stat.st_mtime, stat.st_size)
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
             if stamp == self._stamp and not force:
                 return False
             text = Path(self.path).read_text()
@@ -247,7 +248,7 @@ class KeyRing:
         logger.info("keys file %s loaded: %d key(s)", self.path, len(parsed.keys))
         return True
 
-    def _refuse(self, why: str, stamp: tuple[float, int] | None) -> bool:
+    def _refuse(self, why: str, stamp: tuple[int, int, int] | None) -> bool:
         if stamp is not None:
             self._stamp = stamp  # do not log the same bad file again on every check
         message = f"keys file {self.path} refused, the previous policy stays in force: {why}"

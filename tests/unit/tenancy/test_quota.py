@@ -162,7 +162,8 @@ def test_headers_report_limits_remaining_and_reset() -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(0, "0ms"), (0.0201, "21ms"), (1, "1s"), (1.5, "1.5s"), (360, "6m0s"), (61.25, "1m1.25s")]
+    ("seconds", "text"),
+    [(0, "0ms"), (0.0201, "21ms"), (1, "1s"), (1.5, "1.5s"), (360, "6m0s"), (61.25, "1m1.25s")],
 )
 def test_reset_durations_use_openais_format(seconds: float, text: str) -> None:
     assert format_reset(seconds) == text
