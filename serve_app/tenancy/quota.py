@@ -39,8 +39,17 @@ class RateLimited(ServiceError):
     type = "requests"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, kind: str, retry_after_s: float, headers: dict[str, str] | None = None):
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        kind: str = "requests",
+        retry_after_s: float = 1.0,
+        headers: dict[str, str] | None = None,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message, param=param, code=code)
         self.type = kind
         self.retry_after_s = max(1, math.ceil(retry_after_s))
         self.retry_after_ms = max(1, math.ceil(retry_after_s * 1000))
@@ -54,11 +63,26 @@ class RateLimited(ServiceError):
         }
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (self.message, self.type, self.retry_after_ms / 1000, self.extra_headers))
+        fields = (
+            self.message,
+            self.type,
+            self.retry_after_ms / 1000,
+            self.extra_headers,
+            self.param,
+            self.code,
+        )
+        return (_rebuild, fields)
 
 
-def _rebuild(message: str, kind: str, retry_after_s: float, headers: dict[str, str]) -> RateLimited:
-    return RateLimited(message, kind, retry_after_s, headers)
+def _rebuild(
+    message: str,
+    kind: str,
+    retry_after_s: float,
+    headers: dict[str, str],
+    param: str | None,
+    code: str | None,
+) -> RateLimited:
+    return RateLimited(message, kind, retry_after_s, headers, param=param, code=code)
 
 
 def format_reset(seconds: float) -> str:
