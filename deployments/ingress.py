@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
 from ray import serve
 
 from deployments.quota_store import HandleQuotaStore
-from serve_app.config import AppArgs, Catalog, Preset
+from serve_app.config import AppArgs, Catalog, Preset, ServingOptions
 from serve_app.config.fit import ModelFit
 from serve_app.draining import InflightRequests, watch_for_stop
 from serve_app.errors import restarting
@@ -17,9 +18,22 @@ from serve_app.metrics import RayRequestMetrics, RayTenantMetrics
 from serve_app.model_client import HandleModelClient
 from serve_app.routes import build_api
 from serve_app.service import InferenceService
+from serve_app.tenancy.admission import PriorityGate
 from serve_app.tenancy.keys import KeyRing
 from serve_app.tenancy.metering import MeteredModelClient
 from serve_app.tenancy.quota import Quota
+
+
+def tier_gate(serving: ServingOptions) -> PriorityGate:
+    """As many tenant requests at once as the model deployment runs, and as many waiting as its
+    queue holds (per ingress replica, like Serve's own per-caller queue bound)."""
+    replicas = serving.autoscaling.max_replicas
+    queued = serving.max_queued_requests
+    return PriorityGate(
+        slots=serving.max_ongoing_requests * replicas,
+        max_waiting=None if queued < 0 else queued * replicas,
+        retry_after_s=max(1, math.ceil(serving.retry_after_s)),
+    )
 
 
 @serve.ingress()
@@ -34,9 +48,13 @@ class Ingress:
         directory: Any,
         quota_store: Any,
     ):
-        # Every model call is charged to the caller's key (serve_app/tenancy/metering.py).
+        # Every model call is charged to the caller's key, and tenants wait by tier at the model's
+        # gate (serve_app/tenancy/metering.py, admission.py).
         clients: dict[str, HandleModelClient] = {
-            model_id: MeteredModelClient(model_id, h) for model_id, h in model_handles.items()
+            model_id: MeteredModelClient(
+                model_id, h, tier_gate(args.serving_overrides.get(model_id, catalog.get(model_id).serving))
+            )
+            for model_id, h in model_handles.items()
         }
         self.metrics = RayRequestMetrics()
         self.tenant_metrics = RayTenantMetrics()

@@ -138,6 +138,7 @@ class Principal:
     tier: Tier
     models: tuple[str, ...] | None
     key_id: str  # a digest of the key: quota counters are per key, logs and metrics never see it
+    legacy: bool = False  # INFERENCE_API_KEY / INFERENCE_ADMIN_KEY: unlimited, and not tier-gated
 
     @property
     def priority(self) -> int:
@@ -168,9 +169,11 @@ class KeyTable:
         entries: list[tuple[str, Principal]] = []
         unlimited = Limits()
         for key in _split(api):
-            entries.append((key, Principal("default", Role.user, unlimited, Tier.normal, None, key_id(key))))
+            principal = Principal("default", Role.user, unlimited, Tier.normal, None, key_id(key), True)
+            entries.append((key, principal))
         for key in _split(admin):
-            entries.append((key, Principal("admin", Role.admin, unlimited, Tier.normal, None, key_id(key))))
+            principal = Principal("admin", Role.admin, unlimited, Tier.normal, None, key_id(key), True)
+            entries.append((key, principal))
         for entry in file.keys if file else ():
             entries.append(
                 (

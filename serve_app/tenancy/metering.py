@@ -2,13 +2,15 @@
 step, is checked against the key's tokens before it starts and charged its usage when it ends.
 
 The request's `Admission` travels in a context variable set by the HTTP guard, so the service and
-the pipelines need not know about quotas. It also carries the key's priority tier to the engine.
+the pipelines need not know about quotas. It also carries the key's priority tier: to the engine
+(vLLM's request priority) and to the model's `PriorityGate`, where tenant requests wait by tier.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, TypeVar
 
 from serve_app.model_client import HandleModelClient
@@ -20,6 +22,7 @@ from serve_app.protocol import (
     CompletionResponse,
     StreamOptions,
 )
+from serve_app.tenancy.admission import PriorityGate
 from serve_app.tenancy.quota import Admission, current_admission
 
 R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
@@ -51,17 +54,33 @@ def usage_of_events(item: str, drop_usage_chunk: bool) -> tuple[str, int]:
 
 
 class MeteredModelClient(HandleModelClient):
-    """`HandleModelClient` that charges the current request's key for what each call spends."""
+    """`HandleModelClient` that charges the current request's key for what each call spends, and
+    makes tenant requests (keys-file keys) wait their turn at the model's gate, by tier. The Ray
+    call starts only once the gate lets it through."""
+
+    def __init__(self, model_id: str, handle: Any, gate: PriorityGate | None = None):
+        super().__init__(model_id, handle)
+        self.gate = gate
+
+    def _slot(self, admission: Admission) -> AbstractAsyncContextManager[None]:
+        principal = admission.principal
+        if self.gate is None or principal is None or principal.legacy:
+            return nullcontext()
+        return self.gate.slot(principal.priority)
 
     async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
         admission = current_admission.get()
-        response = await super().chat(_prepare(request, admission), request_id)
+        request = _prepare(request, admission)
+        async with self._slot(admission):
+            response = await super().chat(request, request_id)
         await admission.charge(response.usage.total_tokens)
         return response
 
     async def completion(self, request: CompletionRequest, request_id: str) -> CompletionResponse:
         admission = current_admission.get()
-        response = await super().completion(_prepare(request, admission), request_id)
+        request = _prepare(request, admission)
+        async with self._slot(admission):
+            response = await super().completion(request, request_id)
         await admission.charge(response.usage.total_tokens)
         return response
 
@@ -69,34 +88,39 @@ class MeteredModelClient(HandleModelClient):
         self, request: ChatCompletionRequest, request_id: str
     ) -> AsyncIterator[ChatCompletionChunk]:
         admission = current_admission.get()
-        chunks = super().chat_chunks(_prepare(request, admission), request_id)
-        return self._charged_chunks(chunks, admission)
+        request = _prepare(request, admission)
+        return self._charged_chunks(
+            lambda: HandleModelClient.chat_chunks(self, request, request_id), admission
+        )
 
-    @staticmethod
     async def _charged_chunks(
-        chunks: AsyncIterator[ChatCompletionChunk], admission: Admission
+        self, start: Callable[[], AsyncIterator[ChatCompletionChunk]], admission: Admission
     ) -> AsyncIterator[ChatCompletionChunk]:
         spent = 0
-        try:
-            async for chunk in chunks:
-                if chunk.usage is not None:
-                    spent = chunk.usage.total_tokens
-                yield chunk
-        finally:
-            await admission.charge(spent)
+        async with self._slot(admission):
+            try:
+                async for chunk in start():
+                    if chunk.usage is not None:
+                        spent = chunk.usage.total_tokens
+                    yield chunk
+            finally:
+                await admission.charge(spent)
 
     def chat_sse(self, request: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]:
         admission = current_admission.get()
         forced = self._ask_usage(request, admission)
+        request = _prepare(request, admission)
         return self._charged_sse(
-            super().chat_sse(_prepare(request, admission), request_id), admission, forced
+            lambda: HandleModelClient.chat_sse(self, request, request_id), admission, forced
         )
 
     def completion_sse(self, request: CompletionRequest, request_id: str) -> AsyncIterator[str]:
         admission = current_admission.get()
         forced = self._ask_usage(request, admission)
-        events = super().completion_sse(_prepare(request, admission), request_id)
-        return self._charged_sse(events, admission, forced)
+        request = _prepare(request, admission)
+        return self._charged_sse(
+            lambda: HandleModelClient.completion_sse(self, request, request_id), admission, forced
+        )
 
     @staticmethod
     def _ask_usage(request: ChatCompletionRequest | CompletionRequest, admission: Admission) -> bool:
@@ -106,18 +130,18 @@ class MeteredModelClient(HandleModelClient):
         request.stream_options = StreamOptions(include_usage=True)
         return True
 
-    @staticmethod
     async def _charged_sse(
-        events: AsyncIterator[str], admission: Admission, forced: bool
+        self, start: Callable[[], AsyncIterator[str]], admission: Admission, forced: bool
     ) -> AsyncIterator[str]:
         spent = 0
-        try:
-            async for item in events:
-                if admission.quota is not None:
-                    item, tokens = usage_of_events(item, forced)
-                    spent += tokens
-                    if not item.strip():
-                        continue
-                yield item
-        finally:
-            await admission.charge(spent)
+        async with self._slot(admission):
+            try:
+                async for item in start():
+                    if admission.quota is not None:
+                        item, tokens = usage_of_events(item, forced)
+                        spent += tokens
+                        if not item.strip():
+                            continue
+                    yield item
+            finally:
+                await admission.charge(spent)

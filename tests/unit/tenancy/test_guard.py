@@ -12,6 +12,7 @@ import pytest
 
 from serve_app.protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionRequest
 from serve_app.routes import build_api
+from serve_app.tenancy.admission import PriorityGate
 from serve_app.tenancy.keys import KeysFile, KeyTable
 from serve_app.tenancy.metering import MeteredModelClient, usage_of_events
 from serve_app.tenancy.quota import Admission, Quota, current_admission
@@ -237,3 +238,29 @@ async def test_a_high_tier_key_sends_the_engine_its_priority() -> None:
     [(forwarded, _)] = handle.completion_stream.calls
     assert forwarded.priority == 0  # the key's tier, not the client's value
     assert not forwarded.include_usage()  # an unlimited key is not metered
+
+
+async def test_a_tenant_call_starts_only_once_the_models_gate_lets_it_through() -> None:
+    clock = FakeClock()
+    quota = Quota(FakeQuotaStore(clock), clock)
+    table = KeyTable.build("sk-legacy-01", None, FILE)
+    gate = PriorityGate(slots=1, max_waiting=None)
+    handle = FakeHandle(events=[DELTA])
+    client = MeteredModelClient("qwen2.5-7b", handle, gate)
+    await gate.acquire(0)  # the model is busy
+    request = ChatCompletionRequest.model_validate({**CHAT, "stream": True})
+
+    async def consume() -> list[str]:
+        return [item async for item in client.chat_sse(request, "r1")]
+
+    tenant = await quota.admit(table.lookup("sk-only-00001"))
+    waiting = asyncio.create_task(metered(tenant, consume))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert handle.chat_completion_stream.calls == [] and gate.waiting == 1
+    # A legacy key is not gated: its call goes straight to Serve's own queue.
+    legacy = await quota.admit(table.lookup("sk-legacy-01"))
+    assert await metered(legacy, consume) == [DELTA]
+    gate.release()
+    assert await waiting == [DELTA]
+    assert len(handle.chat_completion_stream.calls) == 2 and gate.in_use == 0
