@@ -29,6 +29,10 @@ PRESET_LABEL = "inference-cluster/preset"
 
 HF_TOKEN_SECRET = ("hf-token", "token")
 API_KEYS_SECRET = "inference-api-keys"  # keys api-key and admin-key, both optional
+# The tenants' keys file (README "Tenants"), optional: mounted as a file so that an edit of the Secret
+# reaches the pods (kubelet swaps the file) and is reloaded without a restart.
+KEYS_FILE_SECRET = "inference-keys-file"  # key keys.yaml
+KEYS_FILE_DIR = "/etc/inference/keys"
 MODEL_CACHE_CLAIM = "model-cache"  # ReadWriteMany PVC on EFS, k8s/model-cache-pvc.yaml
 MODEL_CACHE_PATH = "/root/.cache/huggingface"
 
@@ -99,6 +103,7 @@ def _env() -> list[dict[str, Any]]:
             "name": "INFERENCE_ADMIN_KEY",
             "valueFrom": {"secretKeyRef": {"name": API_KEYS_SECRET, "key": "admin-key", "optional": True}},
         },
+        {"name": "INFERENCE_KEYS_FILE", "value": f"{KEYS_FILE_DIR}/keys.yaml"},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
         # Ray Serve's high-throughput mode, as scripts/cluster.sh runs it (docs/benchmarks.md):
         # HAProxy on the Serve port, the ingress replica serving HTTP itself, gRPC between replicas.
@@ -112,6 +117,7 @@ def _volumes(shm_size: str) -> list[dict[str, Any]]:
         {"name": "model-cache", "persistentVolumeClaim": {"claimName": MODEL_CACHE_CLAIM}},
         # Ray's object store lives in /dev/shm; the container default (64 MiB) is too small.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
+        {"name": "keys-file", "secret": {"secretName": KEYS_FILE_SECRET, "optional": True}},
     ]
 
 
@@ -119,6 +125,7 @@ def _volume_mounts() -> list[dict[str, Any]]:
     return [
         {"name": "model-cache", "mountPath": MODEL_CACHE_PATH},
         {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "keys-file", "mountPath": KEYS_FILE_DIR, "readOnly": True},
     ]
 
 
