@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from starlette.exceptions import HTTPException
 
 from serve_app.draining import InflightRequests
-from serve_app.errors import PayloadTooLarge, PermissionDenied, ServiceError, Unauthorized
+from serve_app.errors import PayloadTooLarge, PermissionDenied, ServiceError, Unauthorized, to_service_error
 from serve_app.metrics import NoMetrics, NoTenantMetrics, RequestMetrics, TenantMetrics
 from serve_app.tenancy.keys import KeyTable, Principal, Role
 from serve_app.tenancy.quota import Admission, Quota, current_admission
@@ -188,7 +188,12 @@ class HttpGuard:
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 raise PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
             if self.quota is not None and path in METERED_ROUTES:
-                admission = await self.quota.admit(principal)
+                try:
+                    admission = await self.quota.admit(principal)
+                except ServiceError:
+                    raise
+                except Exception as exc:  # the quota store unreachable: 503, never a bare 500
+                    raise to_service_error(exc, request_id=request_id) from None
             with self.inflight.counted():
                 token = current_admission.set(admission) if admission is not None else None
                 try:

@@ -11,6 +11,7 @@ must be exact across replicas); tokens are settled with the store after each mod
 from __future__ import annotations
 
 import contextvars
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,8 @@ from typing import Protocol
 from serve_app.errors import ServiceError
 from serve_app.tenancy.buckets import Grant, Snapshot
 from serve_app.tenancy.keys import Limits, Principal
+
+logger = logging.getLogger("ray.serve")
 
 LEASE_FRACTION = 50  # a lease is 1/50 of the per-minute limit: ~1.2 s of refill
 LEASE_TTL_S = 1.0
@@ -221,7 +224,16 @@ class Quota:
 
     async def settle(self, principal: Principal, tokens: int = 0, slots: int = 0) -> None:
         lease = self.leases.setdefault(principal.key_id, _Lease())
-        lease.snapshot = await self.store.settle(principal.key_id, principal.limits, tokens, 0, slots)
+        try:
+            lease.snapshot = await self.store.settle(principal.key_id, principal.limits, tokens, 0, slots)
+        except Exception as exc:  # the answer was served: a lost charge must not fail it
+            logger.warning(
+                "quota store unreachable; %d token(s) and %d slot(s) of tenant %s not settled: %r",
+                tokens,
+                slots,
+                principal.tenant,
+                exc,
+            )
 
     def snapshot_headers(self, principal: Principal | None) -> dict[str, str]:
         """Headers for a response that was not metered (e.g. GET /v1/models) by a limited key."""
