@@ -35,3 +35,15 @@ class FakeQuotaStore:
     async def settle(self, key: str, limits: Limits, tokens: int, unused: int, slots: int) -> Snapshot:
         self.calls.append("settle")
         return pickle.loads(pickle.dumps(self.ledger.settle(key, limits, tokens, unused, slots)))
+
+
+class FakeUnreachableStore:
+    """A quota store whose replica is gone: every call fails as a Ray handle call would."""
+
+    async def lease(self, key: str, limits: Limits, wanted: int, slot: bool, unused: int) -> Grant:
+        from ray.exceptions import RayActorError
+
+        raise RayActorError()
+
+    async def settle(self, key: str, limits: Limits, tokens: int, unused: int, slots: int) -> Snapshot:
+        raise ConnectionError("store unreachable")

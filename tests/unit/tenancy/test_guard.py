@@ -18,7 +18,7 @@ from serve_app.tenancy.metering import MeteredModelClient, usage_of_events
 from serve_app.tenancy.quota import Admission, Quota, current_admission
 
 from ..test_routes import CHAT, FakeService
-from .fakes import FakeClock, FakeQuotaStore
+from .fakes import FakeClock, FakeQuotaStore, FakeUnreachableStore
 
 FILE = KeysFile.model_validate(
     {
@@ -264,3 +264,20 @@ async def test_a_tenant_call_starts_only_once_the_models_gate_lets_it_through() 
     gate.release()
     assert await waiting == [DELTA]
     assert len(handle.chat_completion_stream.calls) == 2 and gate.in_use == 0
+
+
+async def test_an_unreachable_quota_store_is_a_503_and_a_lost_charge_is_only_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    table = KeyTable.build(None, None, FILE)
+    service = FakeService()
+    app = build_api(service, FixedKeys(table), None, None, Quota(FakeUnreachableStore(), clock))  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        refused = await client.post("/v1/chat/completions", json=CHAT, headers=bearer("sk-rpm-000001"))
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "replica_died"
+    admission = Admission(Quota(FakeUnreachableStore(), clock), table.lookup("sk-rpm-000001"), slot=True)
+    await admission.charge(10)
+    await admission.release()
+    assert admission.tokens == 10 and "not settled" in caplog.text
