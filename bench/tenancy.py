@@ -33,7 +33,7 @@ class TenancyScenario:
     low_key: str
     workload: Workload  # model, prompt and output length, timeout
     unloaded_requests: int = 12
-    capacity_concurrency: int = 8
+    capacity_concurrency: int = 16  # the model's max_ongoing_requests (qwen2.5-7b: the default 16)
     capacity_requests: int = 32
     overload_factor: float = 2.0
     overload_s: float = 60.0
