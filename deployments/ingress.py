@@ -23,16 +23,22 @@ from serve_app.tenancy.keys import KeyRing
 from serve_app.tenancy.metering import MeteredModelClient
 from serve_app.tenancy.quota import Quota
 
+# The share of a model's slots kept free of the lower tiers for the high tier.
+HIGH_TIER_RESERVED_SHARE = 0.25
+
 
 def tier_gate(serving: ServingOptions) -> PriorityGate:
-    """As many tenant requests at once as the model deployment runs, and as many waiting as its
-    queue holds (per ingress replica, like Serve's own per-caller queue bound)."""
+    """As many tenant requests at once as the model deployment runs (a quarter of them kept for the
+    high tier), and as many waiting as its queue holds (per ingress replica, like Serve's own
+    per-caller queue bound)."""
     replicas = serving.autoscaling.max_replicas
     queued = serving.max_queued_requests
+    slots = serving.max_ongoing_requests * replicas
     return PriorityGate(
-        slots=serving.max_ongoing_requests * replicas,
+        slots=slots,
         max_waiting=None if queued < 0 else queued * replicas,
         retry_after_s=max(1, math.ceil(serving.retry_after_s)),
+        reserved=int(slots * HIGH_TIER_RESERVED_SHARE),
     )
 
 

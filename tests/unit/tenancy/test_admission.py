@@ -71,3 +71,29 @@ async def test_a_cancelled_waiter_gives_up_its_place_and_never_leaks_a_slot() ->
     late.cancel()
     await asyncio.gather(late, return_exceptions=True)
     assert gate.in_use == 0
+
+
+async def test_reserved_slots_stay_free_for_the_high_tier() -> None:
+    gate = PriorityGate(slots=4, max_waiting=None, reserved=1)
+    for _ in range(3):
+        await gate.acquire(2)
+    low = asyncio.create_task(gate.acquire(2))
+    normal = asyncio.create_task(gate.acquire(1))
+    await settle()
+    assert gate.in_use == 3 and gate.waiting == 2  # the lower tiers may hold 3 of the 4 slots
+    await gate.acquire(0)  # a high-tier request starts at once, past the waiting lower tiers
+    assert gate.in_use == 4
+    gate.release()  # the high one ends: the lower tiers are still at their cap
+    await settle()
+    assert not low.done() and not normal.done()
+    gate.release()  # a lower one ends: its slot goes to the best waiter, normal before low
+    await settle()
+    assert normal.done() and not low.done()
+    gate.release()
+    await settle()
+    assert low.done() and gate.in_use == 3
+
+
+def test_reserving_every_slot_is_refused() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        PriorityGate(slots=2, max_waiting=None, reserved=2)
