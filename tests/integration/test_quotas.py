@@ -117,6 +117,11 @@ async def test_requests_per_minute_trips_with_openai_headers(keys: dict[str, dic
         assert name in refused.value.response.headers
     assert refused.value.response.headers["x-ratelimit-remaining-requests"] == "0"
     await client.close()
+    # Per-tenant metrics: requests and the rejection, labelled by tenant and never by key.
+    assert await until_metric("ray_inference_tenant_rejections_total", "team-rpm", 1) >= 1
+    assert await until_metric("ray_inference_tenant_requests_total", "team-rpm", admitted + 1) >= admitted + 1
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert entry["key"] not in (await http.get(METRICS_URL)).text
 
 
 async def test_the_sdk_retry_honours_retry_after(keys: dict[str, dict[str, Any]]) -> None:
