@@ -63,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--cost-split", action=argparse.BooleanOptionalAction, help="CPU per request/token (not tiny)")
     add("--timeout", type=float, default=300.0, help="per-request timeout, seconds")
     add("--render", type=Path, metavar="JSON", help="only re-render docs/benchmarks.* from a saved run")
+    add("--tenancy", action="store_true", help="only the priority-tier overload scenario (bench/tenancy.py)")
+    add("--high-key", default="sk-bench-high-000001", help="--tenancy: a high-tier key of the keys file")
+    add("--low-key", default="sk-bench-low-0000001", help="--tenancy: a low-tier key of the keys file")
+    add("--overload-s", type=float, default=60.0, help="--tenancy: seconds of 2x overload")
     args = p.parse_args(argv)
     if args.tiny:
         args.concurrency, args.requests_per_level = "1,2", 2
@@ -284,11 +288,32 @@ def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the `finally` blocks that stop the servers
 
 
+def run_tenancy_only(args: argparse.Namespace) -> int:
+    """The tier scenario against a running cluster (--cluster-url); prints and saves (--json) it."""
+    from bench.tenancy import TenancyScenario, run_tenancy
+
+    if not args.cluster_url:
+        print("--tenancy measures a running cluster: pass --cluster-url", file=sys.stderr)
+        return 2
+    runner = Runner(args, Path(tempfile.mkdtemp(prefix="bench-")))
+    scenario = TenancyScenario(
+        args.cluster_url, args.high_key, args.low_key, runner.workload(1), overload_s=args.overload_s
+    )
+    with profiling.niceness(args.client_nice):
+        figures = asyncio.run(run_tenancy(scenario, runner.prompts))
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0 if figures["unloaded_high"]["ok"] and figures["overload_high"]["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         report.write_docs(DOCS, json.loads(args.render.read_text()))
         return 0
+    if args.tenancy:
+        return run_tenancy_only(args)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-"))

@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import math
+import time
 from typing import Any
 
 from ray import serve
 
 from deployments.model_directory import HandleDirectoryClient
-from serve_app.config import AppArgs, Catalog, Preset
+from deployments.quota_store import HandleQuotaStore
+from serve_app.config import AppArgs, Catalog, Preset, ServingOptions
 from serve_app.config.fit import ModelFit
 from serve_app.draining import InflightRequests, watch_for_stop
 from serve_app.errors import restarting
-from serve_app.http_guard import KeyPolicy
-from serve_app.metrics import RayRequestMetrics
+from serve_app.metrics import RayRequestMetrics, RayTenantMetrics
 from serve_app.model_client import HandleModelClient
 from serve_app.routes import build_api
 from serve_app.service import InferenceService
+from serve_app.tenancy.admission import PriorityGate
+from serve_app.tenancy.keys import KeyRing
+from serve_app.tenancy.metering import MeteredModelClient
+from serve_app.tenancy.quota import Quota
+
+# The share of a model's slots kept free of the lower tiers for the high tier.
+HIGH_TIER_RESERVED_SHARE = 0.25
+
+
+def tier_gate(serving: ServingOptions) -> PriorityGate:
+    """As many tenant requests at once as the model deployment runs (a quarter of them kept for the
+    high tier), and as many waiting as its queue holds (per ingress replica, like Serve's own
+    per-caller queue bound)."""
+    replicas = serving.autoscaling.max_replicas
+    queued = serving.max_queued_requests
+    slots = serving.max_ongoing_requests * replicas
+    return PriorityGate(
+        slots=slots,
+        max_waiting=None if queued < 0 else queued * replicas,
+        retry_after_s=max(1, math.ceil(serving.retry_after_s)),
+        reserved=int(slots * HIGH_TIER_RESERVED_SHARE),
+    )
 
 
 @serve.ingress()
@@ -30,12 +53,23 @@ class Ingress:
         fits: list[ModelFit],
         model_handles: dict[str, Any],
         directory_handle: Any,
+        quota_store: Any,
     ):
+        # Every model call is charged to the caller's key, and tenants wait by tier at the model's
+        # gate (serve_app/tenancy/metering.py, admission.py).
         directory = HandleDirectoryClient(directory_handle)
-        clients = {model_id: HandleModelClient(model_id, h) for model_id, h in model_handles.items()}
+        clients: dict[str, HandleModelClient] = {
+            model_id: MeteredModelClient(
+                model_id, h, tier_gate(args.serving_overrides.get(model_id, catalog.get(model_id).serving))
+            )
+            for model_id, h in model_handles.items()
+        }
         self.metrics = RayRequestMetrics()
+        self.tenant_metrics = RayTenantMetrics()
         self.service = InferenceService(args, catalog, preset, fits, clients, directory, self.metrics)
-        self.policy = KeyPolicy.from_env(os.environ)
+        # INFERENCE_API_KEY / INFERENCE_ADMIN_KEY (unlimited) plus the INFERENCE_KEYS_FILE policies.
+        self.policy = KeyRing.from_env(time.monotonic)
+        self.quota = Quota(HandleQuotaStore(quota_store), time.monotonic)
         self.inflight = InflightRequests()
         replica_id = serve.get_replica_context().replica_id.unique_id
         budget = args.ingress.graceful_shutdown_timeout_s
@@ -56,4 +90,6 @@ class Ingress:
         )
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_api(self.service, self.policy, self.metrics, self.inflight)
+        return build_api(
+            self.service, self.policy, self.metrics, self.inflight, self.quota, self.tenant_metrics
+        )

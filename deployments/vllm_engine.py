@@ -165,6 +165,8 @@ class VLLMEngine:
             seed=self.config.seed,
             disable_log_stats=False,
             stream_interval=self.config.stream_interval,
+            # Tenancy tiers map to request priorities (serve_app/tenancy/keys.py TIER_PRIORITY).
+            scheduling_policy="priority",
             worker_extension_cls=AMX_EXTENSION if self.config.cpu else "",
             # Structured outputs (response_format, forced tool calls) through xgrammar, with no
             # free whitespace between JSON tokens. This is an engine setting: vLLM's xgrammar
@@ -293,7 +295,10 @@ class VLLMEngine:
         produced = False  # vLLM's input checks raise before the first output; later is a bug
         try:
             async for output in self._engine.generate(
-                {"prompt_token_ids": prompt_token_ids}, params, request_id=request_id
+                {"prompt_token_ids": prompt_token_ids},
+                params,
+                request_id=request_id,
+                priority=sampling.priority,
             ):
                 produced = True
                 yield EngineStep(

@@ -19,7 +19,7 @@ from k8s.rayservice_schema import INITIALIZING_TIMEOUT_ANNOTATION, RayService
 from k8s.render_inputs import ProjectInfo
 from k8s.sizing import WorkerSizing, size_workers
 from serve_app.config import AppArgs, Catalog, Preset
-from serve_app.http_guard import ALLOW_ANONYMOUS_ENV, REQUIRE_API_KEY_ENV
+from serve_app.tenancy.keys import ALLOW_ANONYMOUS_ENV, REQUIRE_API_KEY_ENV
 
 NAMESPACE = "inference"
 # One name for every preset: applying another preset's file is a KubeRay zero-downtime upgrade of the
@@ -33,6 +33,10 @@ HF_TOKEN_SECRET = ("hf-token", "token")
 API_KEYS_SECRET = "inference-api-keys"  # key api-key required; admin-key and allow-anonymous optional
 # The ingress refuses to start without an API key unless the Secret says allow-anonymous: "true"
 # (serve_app/http_guard.py): an internet-facing endpoint is never open by accident.
+# The tenants' keys file (README "Tenants"), optional: mounted as a file so that an edit of the Secret
+# reaches the pods (kubelet swaps the file) and is reloaded without a restart.
+KEYS_FILE_SECRET = "inference-keys-file"  # key keys.yaml
+KEYS_FILE_DIR = "/etc/inference/keys"
 MODEL_CACHE_CLAIM = "model-cache"  # ReadWriteMany PVC on EFS, k8s/model-cache-pvc.yaml
 MODEL_CACHE_PATH = "/root/.cache/huggingface"
 
@@ -132,6 +136,7 @@ def _env() -> list[dict[str, Any]]:
             "name": "INFERENCE_ADMIN_KEY",
             "valueFrom": {"secretKeyRef": {"name": API_KEYS_SECRET, "key": "admin-key", "optional": True}},
         },
+        {"name": "INFERENCE_KEYS_FILE", "value": f"{KEYS_FILE_DIR}/keys.yaml"},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
         # Ray Serve's high-throughput mode, as scripts/cluster.sh runs it (docs/benchmarks.md):
         # HAProxy on the Serve port, the ingress replica serving HTTP itself, gRPC between replicas.
@@ -145,6 +150,7 @@ def _volumes(shm_size: str) -> list[dict[str, Any]]:
         {"name": "model-cache", "persistentVolumeClaim": {"claimName": MODEL_CACHE_CLAIM}},
         # Ray's object store lives in /dev/shm; the container default (64 MiB) is too small.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
+        {"name": "keys-file", "secret": {"secretName": KEYS_FILE_SECRET, "optional": True}},
     ]
 
 
@@ -152,6 +158,7 @@ def _volume_mounts() -> list[dict[str, Any]]:
     return [
         {"name": "model-cache", "mountPath": MODEL_CACHE_PATH},
         {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "keys-file", "mountPath": KEYS_FILE_DIR, "readOnly": True},
     ]
 
 

@@ -32,6 +32,12 @@ trap cleanup EXIT
 # API key so that authentication is exercised too.
 export INFERENCE_API_KEY=${INFERENCE_API_KEY:-sk-ci-$(python -c "import secrets; print(secrets.token_hex(8))")}
 export INFERENCE_ADMIN_KEY=${INFERENCE_ADMIN_KEY:-sk-admin-$(python -c "import secrets; print(secrets.token_hex(8))")}
+# Per-key quotas (tests/integration/test_quotas.py): a copy, because the reload test rewrites it.
+if [ -z "${INFERENCE_KEYS_FILE:-}" ]; then
+  cp tests/keys.test.yaml "$RUN_DIR/keys.yaml"
+  INFERENCE_KEYS_FILE="$(cd "$RUN_DIR" && pwd)/keys.yaml"
+  export INFERENCE_KEYS_FILE
+fi
 export INFERENCE_TIGHT_BASE_URL=${INFERENCE_TIGHT_BASE_URL:-http://127.0.0.1:8085/tight}
 echo "==> starting the CPU cluster (D4 + tight app on real vLLM CPU engines)"
 SERVE_CONFIG=tests/serve_config.test.yaml READY_PATHS="/health/ready /tight/health/ready" \

@@ -17,6 +17,7 @@ from deployments.ingress import Ingress
 from deployments.model_directory import ModelDirectory
 from deployments.model_replica import DrainBudgets
 from deployments.model_server import ModelServer
+from deployments.quota_store import QuotaStore
 from deployments.vllm_engine import EngineConfig
 from serve_app.config import (
     AppArgs,
@@ -121,4 +122,9 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
         ray_actor_options={"num_cpus": ingress_cpus},
         **args.ingress.deployment_options(),
     )
-    return ingress.bind(args, catalog, preset, fits, handles, directory)
+    # Rate-limit counters shared by every ingress replica of this application (one replica: the
+    # ledger is the single source of truth; ingress replicas lease from it).
+    quota_store = serve.deployment(QuotaStore).options(  # type: ignore[attr-defined]
+        name="quota-store", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
+    )
+    return ingress.bind(args, catalog, preset, fits, handles, directory, quota_store.bind())

@@ -107,6 +107,12 @@ class Unauthorized(ServiceError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(ServiceError):
+    status = 403
+    type = "permission_error"
+    code = "insufficient_permissions"
+
+
 class ModelNotFound(ServiceError):
     status = 404
     type = "invalid_request_error"

@@ -7,19 +7,28 @@ untouched and a client disconnect reaches the model call as a cancellation.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
+import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.exceptions import HTTPException
 
 from serve_app.draining import InflightRequests
-from serve_app.errors import PayloadTooLarge, ServiceError, Unauthorized, log_internal
-from serve_app.metrics import NoMetrics, RequestMetrics
+from serve_app.errors import (
+    PayloadTooLarge,
+    PermissionDenied,
+    ServiceError,
+    Unauthorized,
+    log_internal,
+    to_service_error,
+)
+from serve_app.metrics import NoMetrics, NoTenantMetrics, RequestMetrics, TenantMetrics
+from serve_app.tenancy.keys import KeyTable, Principal, Role
+from serve_app.tenancy.quota import Admission, Quota, current_admission
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,16 +37,15 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID_HEADER = "x-request-id"
-API_KEY_ENV = "INFERENCE_API_KEY"
-ADMIN_KEY_ENV = "INFERENCE_ADMIN_KEY"
-REQUIRE_API_KEY_ENV = "INFERENCE_REQUIRE_API_KEY"
-ALLOW_ANONYMOUS_ENV = "INFERENCE_ALLOW_ANONYMOUS"
+REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
+METERED_ROUTES = ("/v1/chat/completions", "/v1/completions")
 OPEN_PATHS = ("/health", "/-/")
 
 
 @dataclass(frozen=True)
 class KeyPolicy:
-    """API keys for /v1/*; admin keys, when set, are additionally required for load/unload."""
+    """Fixed API keys (tests, tools): /v1/* needs one of `api_keys`; load/unload need one of
+    `admin_keys` when set. Production uses `KeyRing`, which adds the reloadable keys file."""
 
     api_keys: tuple[str, ...] = ()
     admin_keys: tuple[str, ...] = ()
@@ -49,53 +57,39 @@ class KeyPolicy:
 
         return KeyPolicy(split(api), split(admin))
 
-    @staticmethod
-    def from_env(env: Mapping[str, str]) -> KeyPolicy:
-        """The policy from INFERENCE_API_KEY / INFERENCE_ADMIN_KEY, enforcing INFERENCE_REQUIRE_API_KEY.
-
-        A deployment that sets INFERENCE_REQUIRE_API_KEY=1 (every rendered RayService does) refuses
-        to start without an API key, unless INFERENCE_ALLOW_ANONYMOUS is "true": serving an open API
-        must be an explicit choice, not the result of an empty or forgotten Secret.
-        """
-        policy = KeyPolicy.from_env_values(env.get(API_KEY_ENV), env.get(ADMIN_KEY_ENV))
-        required = env.get(REQUIRE_API_KEY_ENV, "").strip() == "1"
-        anonymous_ok = env.get(ALLOW_ANONYMOUS_ENV, "").strip().lower() == "true"
-        if required and not policy.api_keys and not anonymous_ok:
-            raise MissingApiKey(
-                f"{REQUIRE_API_KEY_ENV}=1 but {API_KEY_ENV} is empty: put an api-key in the "
-                f'inference-api-keys Secret, or opt out explicitly with allow-anonymous: "true" in it '
-                "(docs/deploy-eks.md, step 9)"
-            )
-        return policy
+    def current(self) -> KeyTable:
+        return KeyTable.build(",".join(self.api_keys), ",".join(self.admin_keys))
 
 
-class MissingApiKey(RuntimeError):
-    """The deployment requires an API key and none is configured."""
+class KeySource(Protocol):
+    def current(self) -> KeyTable: ...
 
 
-def _matches(presented: str, keys: tuple[str, ...]) -> bool:
-    # Compare against every key so timing reveals neither which key nor how much matched.
-    result = False
-    for key in keys:
-        result |= hmac.compare_digest(presented.encode(), key.encode())
-    return result
+def authenticate(path: str, authorization: str | None, table: KeyTable) -> Principal | None:
+    """Who sent the request (None: a route or deployment without keys). Raises 401 for a missing
+    or unknown key, 403 for a valid non-admin key on load/unload."""
+    if path.startswith(OPEN_PATHS) or not path.startswith("/v1/"):
+        return None
+    admin_route = path.endswith(("/load", "/unload"))
+    required = table.has_admin_keys if admin_route else table.guards_inference
+    scheme, _, token = (authorization or "").partition(" ")
+    presented = token.strip() if scheme.lower() == "bearer" else ""
+    principal = table.lookup(presented) if presented else None
+    if not required:
+        return principal
+    if not presented:
+        raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
+    if principal is None:
+        raise Unauthorized("Incorrect API key provided.")
+    if admin_route and principal.role != Role.admin:
+        raise PermissionDenied(
+            "This key may not load or unload models: the route needs an admin key.",
+        )
+    return principal
 
 
 def check_key(path: str, authorization: str | None, policy: KeyPolicy) -> None:
-    if path.startswith(OPEN_PATHS) or not path.startswith("/v1/"):
-        return
-    admin_route = path.endswith(("/load", "/unload"))
-    required = policy.admin_keys if admin_route and policy.admin_keys else policy.api_keys
-    if not required:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key")
-    if not _matches(token.strip(), required):
-        raise Unauthorized(
-            "Incorrect API key provided."
-            + (" This route needs the admin key." if admin_route and policy.admin_keys else "")
-        )
+    authenticate(path, authorization, policy.current())
 
 
 def route_path(scope: Scope) -> str:
@@ -118,6 +112,17 @@ def note_model(scope: Scope, model: str) -> None:
     scope.setdefault("state", {})["model"] = model
 
 
+def check_model_allowed(scope: Scope, model: str) -> None:
+    """A key's `models` list (model ids or preset names) bounds what its requests may address."""
+    principal: Principal | None = scope.get("state", {}).get("principal")
+    if principal is not None and not principal.may_use(model):
+        raise PermissionDenied(
+            f"This key may not use '{model}'; it may use: {', '.join(principal.models or ())}.",
+            param="model",
+            code="model_not_allowed",
+        )
+
+
 def route_label(path: str) -> str:
     # Bounded label values: model ids in paths are folded into a template.
     if path.startswith("/v1/models/"):
@@ -134,13 +139,17 @@ class HttpGuard:
     def __init__(
         self,
         app: ASGIApp,
-        policy: KeyPolicy,
+        policy: KeySource,
         max_body_bytes: int,
         metrics: RequestMetrics | None = None,
         inflight: InflightRequests | None = None,
+        quota: Quota | None = None,
+        tenant_metrics: TenantMetrics | None = None,
     ):
         self.app = app
         self.policy = policy
+        self.quota = quota
+        self.tenant_metrics = tenant_metrics or NoTenantMetrics()
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics or NoMetrics()
         self.inflight = inflight or InflightRequests()
@@ -152,33 +161,67 @@ class HttpGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         # Ray Serve's proxy puts its request id (the client's x-request-id if it sent one) in the
         # scope and on the response itself; only outside Ray does this middleware have to add it.
+        # A client's id is used only if it is short and printable: it becomes the response id.
         inbound = headers.get(REQUEST_ID_HEADER)
-        request_id = (inbound or f"req-{uuid.uuid4().hex}")[:128]
+        valid = inbound is not None and REQUEST_ID_PATTERN.fullmatch(inbound) is not None
+        request_id = inbound if valid and inbound is not None else f"req-{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
 
         started = time.perf_counter()
         status = 0
+        admission: Admission | None = None
+        principal: Principal | None = None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if inbound is None:
-                    message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                extra = [] if valid else [(REQUEST_ID_HEADER, request_id)]
+                limits = admission.headers() if admission else self._snapshot_headers(principal)
+                extra += [(k, v) for k, v in limits.items() if k.startswith("x-ratelimit")]
+                if extra:
+                    known = {k.lower() for k, _ in message.get("headers", [])}
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        *((k.encode(), v.encode()) for k, v in extra if k.encode() not in known),
+                    ]
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 self._record(scope, status, time.perf_counter() - started)
 
+        path = route_path(scope)
         try:
-            check_key(route_path(scope), headers.get("authorization"), self.policy)
+            principal = authenticate(path, headers.get("authorization"), self.policy.current())
+            if principal is not None:
+                scope.setdefault("state", {})["principal"] = principal
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 raise PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
+            if self.quota is not None and path in METERED_ROUTES:
+                try:
+                    admission = await self.quota.admit(principal)
+                except ServiceError:
+                    raise
+                except Exception as exc:  # the quota store unreachable: 503, never a bare 500
+                    raise to_service_error(exc, request_id=request_id) from None
             with self.inflight.counted():
-                await self._until_cut(scope, self._limited(receive), send_with_id, lambda: status != 0)
+                token = current_admission.set(admission) if admission is not None else None
+                try:
+                    await self._until_cut(scope, self._limited(receive), send_with_id, lambda: status != 0)
+                finally:
+                    if token is not None:
+                        current_admission.reset(token)
         except ServiceError as error:
             note_error(scope, error)
             await send_error(send_with_id, error)
+        finally:
+            if admission is not None:
+                await admission.release()
+                if admission.principal is not None:
+                    self.tenant_metrics.tokens(admission.principal.tenant, admission.tokens)
+
+    def _snapshot_headers(self, principal: Principal | None) -> dict[str, str]:
+        return self.quota.snapshot_headers(principal) if self.quota is not None else {}
 
     async def _until_cut(
         self, scope: Scope, receive: Receive, send: Send, responding: Callable[[], bool]
@@ -224,6 +267,10 @@ class HttpGuard:
             self.metrics.error(model, status, state.get("error_code", "unknown"))
         elif "stream_error" in state:
             self.metrics.error(model, 200, state["stream_error"])
+        principal = state.get("principal")
+        if principal is not None:
+            code = state.get("stream_error") or (state.get("error_code") if status >= 400 else None)
+            self.tenant_metrics.request(principal.tenant, status, code)
 
 
 async def send_error(send: Send, error: ServiceError) -> None:

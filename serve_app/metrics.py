@@ -104,6 +104,59 @@ class RayRequestMetrics:
             self._steps.inc(tags={"mode": mode, "role": role, "model": model})
 
 
+class TenantMetrics(Protocol):
+    def request(self, tenant: str, status: int, code: str | None) -> None: ...
+
+    def tokens(self, tenant: str, tokens: int) -> None: ...
+
+
+class NoTenantMetrics:
+    def request(self, tenant: str, status: int, code: str | None) -> None:
+        return None
+
+    def tokens(self, tenant: str, tokens: int) -> None:
+        return None
+
+
+# Rejections by a tenant's own limits (serve_app/tenancy/quota.py), as opposed to capacity.
+QUOTA_CODES = {"rate_limit_exceeded"}
+
+
+class RayTenantMetrics:
+    """Per-tenant requests, tokens (every pipeline step) and quota rejections, by the ingress.
+    Labelled by tenant, never by key: keys are secrets and unbounded."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self._requests = metrics.Counter(
+            "inference_tenant_requests",
+            description="Requests with an API key, by tenant and status.",
+            tag_keys=tags("tenant", "status"),
+        )
+        self._tokens = metrics.Counter(
+            "inference_tenant_tokens",
+            description="Prompt plus completion tokens charged to a tenant, over every pipeline step.",
+            tag_keys=tags(
+                "tenant",
+            ),
+        )
+        self._rejections = metrics.Counter(
+            "inference_tenant_rejections",
+            description="Requests refused or ended by a tenant's own limits (429 rate_limit_exceeded).",
+            tag_keys=tags("tenant", "status"),
+        )
+
+    def request(self, tenant: str, status: int, code: str | None) -> None:
+        self._requests.inc(tags={"tenant": tenant, "status": str(status)})
+        if code in QUOTA_CODES:
+            self._rejections.inc(tags={"tenant": tenant, "status": str(status)})
+
+    def tokens(self, tenant: str, tokens: int) -> None:
+        if tokens > 0:  # Ray's Counter.inc rejects 0
+            self._tokens.inc(tokens, tags={"tenant": tenant})
+
+
 class RayEngineMetrics:
     """Recorded by each model replica, where token counts and first-token time are exact."""
 

@@ -120,6 +120,7 @@ class SamplingFields(Request):
         "min_tokens",
         "ignore_eos",
         "repetition_penalty",
+        "priority",
     )
     # Sampling that means the same on every model: token ids (logit_bias) are one vocabulary's.
     PER_MODEL: ClassVar[tuple[str, ...]] = ("logit_bias",)
@@ -154,6 +155,9 @@ class SamplingFields(Request):
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
+    # vLLM's scheduling priority (lower is served first). With API keys, the ingress sets it from
+    # the key's tier (serve_app/tenancy/metering.py): a client cannot jump the queue.
+    priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
 
     @field_validator("stop")
     @classmethod
@@ -254,6 +258,7 @@ class SamplingFields(Request):
             ignore_eos=self.ignore_eos,
             repetition_penalty=self.repetition_penalty or 1.0,
             structured=structured,
+            priority=self.priority,
         )
 
 

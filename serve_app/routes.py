@@ -22,11 +22,12 @@ from serve_app.errors import (
     invalid_request_from,
     to_service_error,
 )
-from serve_app.http_guard import HttpGuard, KeyPolicy, note_error, note_model
-from serve_app.metrics import RequestMetrics
+from serve_app.http_guard import HttpGuard, KeySource, check_model_allowed, note_error, note_model
+from serve_app.metrics import RequestMetrics, TenantMetrics
 from serve_app.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from serve_app.service import InferenceService, LoadResult
 from serve_app.sse import DONE, encode_event
+from serve_app.tenancy.quota import Quota
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -108,9 +109,11 @@ def _load_response(result: LoadResult) -> JSONResponse:
 
 def build_api(
     service: InferenceService,
-    policy: KeyPolicy,
+    policy: KeySource,
     metrics: RequestMetrics | None = None,
     inflight: InflightRequests | None = None,
+    quota: Quota | None = None,
+    tenant_metrics: TenantMetrics | None = None,
 ) -> HttpGuard:
     """The ingress's ASGI app: the FastAPI routes behind `HttpGuard`.
 
@@ -156,6 +159,7 @@ def build_api(
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         note_model(request.scope, body.model)
+        check_model_allowed(request.scope, body.model)
         result = await service.chat(body, request_id(request))
         if isinstance(result, AsyncIterator):
             return await stream_response(result, request, inflight)
@@ -164,9 +168,12 @@ def build_api(
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         note_model(request.scope, body.model)
+        check_model_allowed(request.scope, body.model)
         result = await service.completion(body, request_id(request))
         if isinstance(result, AsyncIterator):
             return await stream_response(result, request, inflight)
         return JSONResponse(result.model_dump(exclude_none=True))
 
-    return HttpGuard(app, policy, service.args.limits.max_body_bytes, metrics, inflight)
+    return HttpGuard(
+        app, policy, service.args.limits.max_body_bytes, metrics, inflight, quota, tenant_metrics
+    )

@@ -38,6 +38,7 @@ class SamplingSpec:
     ignore_eos: bool = False
     repetition_penalty: float = 1.0
     structured: StructuredOutput | None = None
+    priority: int = 0  # vLLM priority scheduling: lower first
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
   with `WWW-Authenticate: Bearer`) to a missing or wrong key, in any of the usual wrong shapes, and
   never acts on the request (an unauthenticated unload leaves the model loaded); /health stays open.
   Path spellings that dodge the /v1/ prefix never reach a /v1 handler.
-* With INFERENCE_ADMIN_KEY set too, load/unload need the admin key.
+* With INFERENCE_ADMIN_KEY set too, load/unload need the admin key (an ordinary key gets 403).
 * Bounds: body size (1 MB, with or without Content-Length), messages per request (256), n (8),
   prompts per completion request (16), max_tokens by the context (context_length_exceeded).
 * No error body carries a traceback, a file path, or the key a client presented.
@@ -29,7 +29,6 @@ from .support import (
     API_KEY,
     BASE_URL,
     PRESET,
-    auth_headers,
     fetch_models,
     http_timeout,
     openai_error,
@@ -182,7 +181,10 @@ async def test_admin_key_guards_load_and_unload(client: httpx.AsyncClient, model
         pytest.skip("INFERENCE_ADMIN_KEY not set (or equal to the API key)")
     for action in ("load", "unload"):
         response = await client.post(f"/v1/models/{model_id}/{action}")
-        _assert_401(response, f"{action} with the ordinary key", auth_headers())
+        # A valid key without the admin role: 403 permission_error (an unknown key is the 401).
+        assert response.status_code == 403, f"{action} with the ordinary key: {response.text[:200]}"
+        error = ResponseValidator.validate_error(response, 403)
+        assert error["type"] == "permission_error", error
     card = (await client.get(f"/v1/models/{model_id}")).json()
     assert card["status"] == "ready", card
 

@@ -25,7 +25,7 @@ import yaml
 from deployments.gpu_driver import MIN_DRIVER_MAJOR
 from k8s import rayservice_builder, render, render_inputs, sizing
 from serve_app.config import AppArgs, load_catalog, load_preset
-from serve_app.http_guard import KeyPolicy, MissingApiKey
+from serve_app.tenancy.keys import KeyRing, MissingApiKey
 
 from .crd_schema import CRD_DIR, crd_errors
 
@@ -172,14 +172,20 @@ def test_api_key_secret_is_required(preset: str) -> None:
         assert anonymous == {"name": "inference-api-keys", "key": "allow-anonymous", "optional": True}
 
 
-def test_key_policy_refuses_to_start_open_unless_opted_out() -> None:
+def test_key_policy_refuses_to_start_open_unless_opted_out(tmp_path: Path) -> None:
+    def ring(**env: str) -> KeyRing:
+        return KeyRing.from_env(lambda: 0.0, env)
+
     required = {"INFERENCE_REQUIRE_API_KEY": "1"}
     with pytest.raises(MissingApiKey, match="allow-anonymous"):
-        KeyPolicy.from_env({**required, "INFERENCE_API_KEY": " "})
-    assert KeyPolicy.from_env({**required, "INFERENCE_API_KEY": "sk-1"}).api_keys == ("sk-1",)
-    assert KeyPolicy.from_env({**required, "INFERENCE_ALLOW_ANONYMOUS": "true"}).api_keys == ()
+        ring(**required, INFERENCE_API_KEY=" ")
+    assert ring(**required, INFERENCE_API_KEY="sk-1").table.guards_inference
+    assert not ring(**required, INFERENCE_ALLOW_ANONYMOUS="true").table.guards_inference
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text("keys:\n  - {key: sk-tenant-1, tenant: a}\n")
+    assert ring(**required, INFERENCE_KEYS_FILE=str(keys_file)).table.guards_inference, "a keys file suffices"
     # local runs (no requirement) stay open without a key, as before
-    assert KeyPolicy.from_env({}).api_keys == ()
+    assert not ring().table.guards_inference
 
 
 # --- disruption and the AMI -----------------------------------------------------------------

@@ -326,7 +326,7 @@ def test_secret_templates_hold_no_real_secrets() -> None:
         (secret,) = _load_all(path)
         names.add(secret["metadata"]["name"])
         assert all("REPLACE_ME" in value for value in secret["stringData"].values()), path
-    assert names == {"hf-token", rayservice_builder.API_KEYS_SECRET}
+    assert names == {"hf-token", rayservice_builder.API_KEYS_SECRET, rayservice_builder.KEYS_FILE_SECRET}
 
 
 # --- (d) RayService against the typed KubeRay model ---------------------------------------------

@@ -322,10 +322,20 @@ async def test_request_id_is_generated_and_passed_to_the_service(
     assert error.headers["x-request-id"].startswith("req-")
 
 
-async def test_client_request_id_is_used_and_capped(client: httpx.AsyncClient, service: FakeService) -> None:
+async def test_client_request_id_is_used_only_if_bounded(
+    client: httpx.AsyncClient, service: FakeService
+) -> None:
     await client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "client-abc"})
-    await client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "z" * 500})
-    assert [rid for _, rid in service.chat_calls] == ["client-abc", "z" * 128]
+    await client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "z" * 128})
+    replaced = []
+    for bad in ("z" * 129, "z" * 5000, "tab\there", " "):
+        response = await client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": bad})
+        replaced.append(response.headers.get_list("x-request-id"))
+    ids = [rid for _, rid in service.chat_calls]
+    assert ids[:2] == ["client-abc", "z" * 128]
+    # A longer or unprintable id is replaced by ours, in the response's header as in its body.
+    assert all(rid.startswith("req-") and len(rid) <= 128 for rid in ids[2:]), ids
+    assert [[rid] for rid in ids[2:]] == replaced
 
 
 async def test_behind_rays_proxy_the_request_id_is_echoed_exactly_once(
@@ -381,8 +391,11 @@ async def test_admin_key_guards_load_and_unload(make_client, service: FakeServic
     policy = KeyPolicy(api_keys=("k1",), admin_keys=("admin",))
     async with make_client(policy) as client:
         user = await client.post("/v1/models/qwen2.5-7b/load", headers={"Authorization": "Bearer k1"})
-        error = error_of(user, 401)
+        error = error_of(user, 403)
+        assert (error["type"], error["code"]) == ("permission_error", "insufficient_permissions")
         assert "admin key" in error["message"]
+        wrong = await client.post("/v1/models/qwen2.5-7b/load", headers={"Authorization": "Bearer nope"})
+        assert error_of(wrong, 401)["code"] == "invalid_api_key"
         assert error_of(await client.post("/v1/models/qwen2.5-7b/unload"), 401)["code"] == "missing_api_key"
         assert service.load_calls == []
         admin = await client.post("/v1/models/qwen2.5-7b/load", headers={"Authorization": "Bearer admin"})

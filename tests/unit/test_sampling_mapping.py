@@ -26,6 +26,7 @@ CHANGED: dict[str, Any] = {
     "min_tokens": 1,
     "ignore_eos": True,
     "repetition_penalty": 1.5,
+    "priority": 3,
     "max_tokens": 9,
     "max_completion_tokens": 9,
 }
