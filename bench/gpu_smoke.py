@@ -5,7 +5,7 @@
     python -m bench.gpu_smoke watch --base-url URL --out load.json [--timeout 2400]
     python -m bench.gpu_smoke probe --base-url URL --load load.json
 
-`plan` checks the NVIDIA driver (deployments/gpu_driver.py), reads the node's GPUs (nvidia-smi),
+`plan` checks the NVIDIA driver (deployments/engine/gpu_driver.py), reads the node's GPUs (nvidia-smi),
 re-runs every preset's fit check (serve_app/config/fit.py) against them, and writes one Serve config
 per preset that fits (serve_config.yaml with `args.preset` set), validated like a deploy would be.
 With the --assume-* flags it needs no GPU: that is the dry run CI runs.
@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import yaml
 
-from deployments.gpu_driver import GpuDriverError, check_gpu_driver, read_driver_version
+from deployments.engine.gpu_driver import GpuDriverError, check_gpu_driver, read_driver_version
 from serve_app.config import AppArgs, ConfigError, check_preset_fits, list_presets, load_catalog, load_preset
 from serve_app.config.schema import GpuTarget
 

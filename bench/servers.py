@@ -1,6 +1,6 @@
 """Start, wait for and stop the two systems: bare vLLM's OpenAI server and this cluster.
 
-Bare vLLM's flags are derived from the cluster's own builder (`serve_app.app.engine_config` and
+Bare vLLM's flags are derived from the cluster's own builder (`deployments.app.engine_config` and
 `actor_options`) for the same config and model id, so both run identical engine settings.
 """
 
@@ -41,8 +41,8 @@ def app_args(config_path: Path) -> Any:
 
 def bare_vllm_command(config_path: Path, model_id: str, port: int, api_key: str | None) -> tuple[list, dict]:
     """argv and extra environment for `vllm serve` with the cluster's engine settings."""
-    from deployments.vllm_engine import AMX_EXTENSION
-    from serve_app.app import actor_options, engine_config
+    from deployments.app import actor_options, engine_config
+    from deployments.engine.vllm_engine import AMX_EXTENSION
     from serve_app.config import load_catalog
 
     args = app_args(config_path)

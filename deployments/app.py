@@ -1,4 +1,4 @@
-"""The typed application builder: `import_path: serve_app.app:build_app` plus `args`.
+"""The typed application builder: `import_path: deployments.app:build_app` plus `args`.
 
 It validates the arguments, catalog and preset, refuses a preset that does not fit its GPU, and
 binds one deployment per model, the model directory, and the ingress that holds their handles.
@@ -13,12 +13,12 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from deployments.ingress import Ingress
+from deployments.engine.vllm_engine import EngineConfig
+from deployments.ingress.deployment import Ingress
+from deployments.model.replica import DrainBudgets
+from deployments.model.server import ModelServer
 from deployments.model_directory import ModelDirectory
-from deployments.model_replica import DrainBudgets
-from deployments.model_server import ModelServer
 from deployments.quota_store import QuotaStore
-from deployments.vllm_engine import EngineConfig
 from serve_app.config import (
     AppArgs,
     ConfigError,
@@ -89,7 +89,7 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
     if args.profile == "cpu" and not args.cpu.checkpoint_path().joinpath("config.json").is_file():
         raise FileNotFoundError(
             f"CPU profile checkpoint missing at {args.cpu.checkpoint_path()}; "
-            "build it with: python -m serve_app.tiny_checkpoint"
+            "build it with: python -m scripts.tiny_checkpoint"
         )
     logger.info("building preset %s (%s profile): %s", preset.name, args.profile, list(preset.models))
 

@@ -1,5 +1,5 @@
 """The shared quota ledger: one small Ray Serve deployment per application, which every ingress
-replica reaches through its handle. Its state is a `Ledger` (serve_app/tenancy/buckets.py): losing
+replica reaches through its handle. Its state is a `Ledger` (deployments/ingress/tenancy/buckets.py): losing
 the replica resets the buckets to full, which errs towards serving, never towards a wrong 429."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import asyncio
 import time
 from typing import Any
 
-from serve_app.tenancy.buckets import Grant, Ledger, Snapshot
-from serve_app.tenancy.keys import Limits
+from deployments.ingress.tenancy.buckets import Grant, Ledger, Snapshot
+from deployments.ingress.tenancy.keys import Limits
 
 IDLE_FORGET_S = 600.0
 
@@ -33,7 +33,7 @@ class QuotaStore:
 
 
 class HandleQuotaStore:
-    """`serve_app.tenancy.quota.QuotaStore` over the deployment's handle."""
+    """`deployments.ingress.tenancy.quota.QuotaStore` over the deployment's handle."""
 
     def __init__(self, handle: Any):
         self.handle = handle

@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
+from deployments.ingress.tenancy.keys import ALLOW_ANONYMOUS_ENV, REQUIRE_API_KEY_ENV
 from k8s.rayservice_schema import INITIALIZING_TIMEOUT_ANNOTATION, RayService
 from k8s.render_inputs import ProjectInfo
 from k8s.sizing import WorkerSizing, size_workers
 from serve_app.config import AppArgs, Catalog, Preset
-from serve_app.tenancy.keys import ALLOW_ANONYMOUS_ENV, REQUIRE_API_KEY_ENV
 
 NAMESPACE = "inference"
 # One name for every preset: applying another preset's file is a KubeRay zero-downtime upgrade of the
@@ -32,7 +32,7 @@ PRESET_LABEL = "inference-cluster/preset"
 HF_TOKEN_SECRET = ("hf-token", "token")
 API_KEYS_SECRET = "inference-api-keys"  # key api-key required; admin-key and allow-anonymous optional
 # The ingress refuses to start without an API key unless the Secret says allow-anonymous: "true"
-# (serve_app/http_guard.py): an internet-facing endpoint is never open by accident.
+# (deployments/ingress/http_guard.py): an internet-facing endpoint is never open by accident.
 # The tenants' keys file (README "Tenants"), optional: mounted as a file so that an edit of the Secret
 # reaches the pods (kubelet swaps the file) and is reloaded without a restart.
 KEYS_FILE_SECRET = "inference-keys-file"  # key keys.yaml

@@ -4,7 +4,7 @@
     python -m k8s.render --check   # exit 1, naming the files, if the checked-in ones differ
 
 `serveConfigV2` is serve_config.yaml itself, with the application's `args.preset` set to the preset:
-the RayService imports `serve_app.app:build_app` with the same arguments as `serve run
+the RayService imports `deployments.app:build_app` with the same arguments as `serve run
 serve_config.yaml` on a GPU node. Before anything is written the arguments are validated with
 AppArgs, the preset is loaded from presets/ like build_app loads it, its GPU fit is checked with
 check_preset_fits (a preset that does not fit its GPU fails rendering, as it would fail the deploy),

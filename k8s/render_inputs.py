@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG_PATH = REPO_ROOT / "serve_config.yaml"
 PYPROJECT_PATH = REPO_ROOT / "pyproject.toml"
 
-BUILDER_IMPORT_PATH = "serve_app.app:build_app"
+BUILDER_IMPORT_PATH = "deployments.app:build_app"
 # The NLB in front of a RayService drops a connection idle for 350 s (fixed on TLS listeners). A
 # non-streamed request sends nothing until it is done, so Serve must give up first and answer
 # (408/504) rather than the NLB cutting it silently: request_timeout_s is held this far below it.

@@ -21,7 +21,7 @@ from serve_app.config.resources import GPU_INGRESS_CPUS, GPU_MODEL_REPLICA_CPUS
 # sampler buffers. Plus what the Ray node itself takes (raylet, agent, proxy, object store).
 ENGINE_HOST_MEMORY_GIB = 6
 RAY_NODE_MEMORY_GIB = 4
-# Each model replica asks Ray for 1 CPU (serve_app.app.actor_options), but a vLLM engine keeps
+# Each model replica asks Ray for 1 CPU (deployments.app.actor_options), but a vLLM engine keeps
 # more busy than that: the replica process (API, tokenizing, detokenizing) and the EngineCore process
 # whose scheduler loop spins a core while it serves. The ingress replica (1 Ray CPU) runs on the GPU
 # workers too: the head advertises no CPUs (k8s/rayservice_builder.py).

@@ -65,7 +65,7 @@ fi
 PY="$GPU_VENV/bin/python"
 
 echo "==> NVIDIA driver"
-"$PY" -m deployments.gpu_driver
+"$PY" -m deployments.engine.gpu_driver
 echo "==> presets that fit this node"
 # shellcheck disable=SC2086
 "$PY" -m bench.gpu_smoke plan --out-dir "$OUT" ${GPU_SMOKE_PRESETS:+--presets $GPU_SMOKE_PRESETS}

@@ -41,4 +41,4 @@ fi
 
 # Built when missing, rebuilt when it predates tokens the parsers need (a no-op otherwise).
 echo "==> tiny random-weight checkpoint (offline)"
-"$VENV/bin/python" -m serve_app.tiny_checkpoint --out models/tiny-llama
+"$VENV/bin/python" -m scripts.tiny_checkpoint --out models/tiny-llama

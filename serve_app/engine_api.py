@@ -1,7 +1,7 @@
 """The small interface between the OpenAI serving logic and an inference engine.
 
 The serving classes only see these types, so they are tested with a fake engine and no Ray or vLLM.
-`deployments/vllm_engine.py` is the real implementation over vLLM's v1 AsyncLLM.
+`deployments/engine/vllm_engine.py` is the real implementation over vLLM's v1 AsyncLLM.
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ class NoTenantMetrics:
         return None
 
 
-# Rejections by a tenant's own limits (serve_app/tenancy/quota.py), as opposed to capacity.
+# Rejections by a tenant's own limits (deployments/ingress/tenancy/quota.py), as opposed to capacity.
 QUOTA_CODES = {"rate_limit_exceeded"}
 
 

@@ -22,10 +22,10 @@ from pydantic import (
     model_serializer,
 )
 
+from serve_app.engine_api import SamplingSpec, StructuredOutput
 from serve_app.errors import ContextLengthExceeded, InvalidRequest
 from serve_app.errors import ErrorDetail as ErrorDetail  # re-exported: the wire models live here
 from serve_app.errors import ErrorResponse as ErrorResponse
-from serve_app.serving.engine_api import SamplingSpec, StructuredOutput
 from serve_app.tools import (
     NamedToolChoice,
     ResponseFormat,
@@ -156,7 +156,7 @@ class SamplingFields(Request):
     store: bool | None = None
     service_tier: str | None = None
     # vLLM's scheduling priority (lower is served first). With API keys, the ingress sets it from
-    # the key's tier (serve_app/tenancy/metering.py): a client cannot jump the queue.
+    # the key's tier (deployments/ingress/tenancy/metering.py): a client cannot jump the queue.
     priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
 
     @field_validator("stop")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from serve_app.serving.engine_api import StructuredOutput
+from serve_app.engine_api import StructuredOutput
 
 FUNCTION_NAME = r"^[A-Za-z0-9_.\-]{1,64}$"
 

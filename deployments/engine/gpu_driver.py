@@ -6,7 +6,7 @@ all); this check names the driver, the minimum and the fix instead. The driver v
 NVML (pynvml, a vLLM dependency) or, failing that, `nvidia-smi`; the reader is injectable so the check
 is unit-tested without a GPU.
 
-    python -m deployments.gpu_driver     # exit 0 and print the version, or exit 1 with the reason
+    python -m deployments.engine.gpu_driver     # exit 0 and print the version, or exit 1 with the reason
 """
 
 from __future__ import annotations

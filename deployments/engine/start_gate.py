@@ -13,7 +13,7 @@ The device is what Ray gave the replica (`CUDA_VISIBLE_DEVICES`): replicas on di
 parallel, replicas sharing one wait for each other. The CPU profile has no GPU and takes the lock
 named "cpu", so its engines go through the same gate, one at a time per node.
 
-Before a GPU engine starts, the gate also checks the NVIDIA driver (deployments/gpu_driver.py), so
+Before a GPU engine starts, the gate also checks the NVIDIA driver (deployments/engine/gpu_driver.py), so
 an old driver fails with a message naming it instead of a CUDA stack trace.
 """
 
@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from deployments.gpu_driver import DriverReader, check_gpu_driver, read_driver_version
+from deployments.engine.gpu_driver import DriverReader, check_gpu_driver, read_driver_version
 
 logger = logging.getLogger("ray.serve")
 

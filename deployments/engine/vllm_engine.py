@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.engine_start_gate import engine_start_slot
-from serve_app.errors import InvalidRequest, ServiceUnavailable
-from serve_app.serving.engine_api import (
+from deployments.engine.start_gate import engine_start_slot
+from serve_app.engine_api import (
     CallChunk,
     EngineStep,
     ParsedCall,
@@ -24,13 +23,14 @@ from serve_app.serving.engine_api import (
     StructuredOutput,
     TokenLogprob,
 )
+from serve_app.errors import InvalidRequest, ServiceUnavailable
 
 logger = logging.getLogger("ray.serve")
 
 # A prompt long enough that the first forward pass takes the same kernels as ordinary traffic;
 # see README "The short-prompt SIGILL" for why the engine is warmed up before it serves.
 WARMUP_PROMPT_TOKENS = 64
-AMX_EXTENSION = "deployments.amx_permission.AmxPermissionExtension"
+AMX_EXTENSION = "deployments.engine.amx_permission.AmxPermissionExtension"
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class VLLMEngine:
             seed=self.config.seed,
             disable_log_stats=False,
             stream_interval=self.config.stream_interval,
-            # Tenancy tiers map to request priorities (serve_app/tenancy/keys.py TIER_PRIORITY).
+            # Tenancy tiers map to request priorities (deployments/ingress/tenancy/keys.py TIER_PRIORITY).
             scheduling_policy="priority",
             worker_extension_cls=AMX_EXTENSION if self.config.cpu else "",
             # Structured outputs (response_format, forced tool calls) through xgrammar, with no
@@ -181,7 +181,7 @@ class VLLMEngine:
         # vLLM's own metrics (vllm:*), exported through Ray's metrics endpoint like ours.
         # Building the engine blocks for the whole model load; in a thread, the replica keeps
         # answering health checks and refusing requests (503) meanwhile.
-        # One engine start per device at a time (deployments/engine_start_gate.py), driver checked.
+        # One engine start per device at a time (deployments/engine/start_gate.py), driver checked.
         async with engine_start_slot(self.config.served_model_id, gpu=not self.config.cpu):
             building = asyncio.get_running_loop().run_in_executor(
                 None, lambda: AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger])

@@ -9,6 +9,13 @@ from typing import Any
 
 from ray import serve
 
+from deployments.ingress.dispatch import InferenceService
+from deployments.ingress.model_client import HandleModelClient
+from deployments.ingress.routes import build_api
+from deployments.ingress.tenancy.admission import PriorityGate
+from deployments.ingress.tenancy.keys import KeyRing
+from deployments.ingress.tenancy.metering import MeteredModelClient
+from deployments.ingress.tenancy.quota import Quota
 from deployments.model_directory import HandleDirectoryClient
 from deployments.quota_store import HandleQuotaStore
 from serve_app.config import AppArgs, Catalog, Preset, ServingOptions
@@ -16,13 +23,6 @@ from serve_app.config.fit import ModelFit
 from serve_app.draining import InflightRequests, watch_for_stop
 from serve_app.errors import restarting
 from serve_app.metrics import RayRequestMetrics, RayTenantMetrics
-from serve_app.model_client import HandleModelClient
-from serve_app.routes import build_api
-from serve_app.service import InferenceService
-from serve_app.tenancy.admission import PriorityGate
-from serve_app.tenancy.keys import KeyRing
-from serve_app.tenancy.metering import MeteredModelClient
-from serve_app.tenancy.quota import Quota
 
 # The share of a model's slots kept free of the lower tiers for the high tier.
 HIGH_TIER_RESERVED_SHARE = 0.25
@@ -56,7 +56,7 @@ class Ingress:
         quota_store: Any,
     ):
         # Every model call is charged to the caller's key, and tenants wait by tier at the model's
-        # gate (serve_app/tenancy/metering.py, admission.py).
+        # gate (deployments/ingress/tenancy/metering.py, admission.py).
         directory = HandleDirectoryClient(directory_handle)
         clients: dict[str, HandleModelClient] = {
             model_id: MeteredModelClient(

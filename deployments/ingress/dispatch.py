@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from deployments.ingress.model_client import ModelClient
+from deployments.ingress.orchestration.pipeline import CritiquePipeline, EnsemblePipeline, Pipeline
+from deployments.ingress.orchestration.render import render_response, render_stream
 from serve_app.config import AppArgs, Catalog, OrchestrationMode, Preset, Role
 from serve_app.config.fit import ModelFit
 from serve_app.contracts import IngressDirectory, ModelStatus
 from serve_app.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from serve_app.metrics import NoMetrics, RequestMetrics
-from serve_app.model_client import ModelClient
-from serve_app.orchestration.pipeline import CritiquePipeline, EnsemblePipeline, Pipeline
-from serve_app.orchestration.render import render_response, render_stream
 from serve_app.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 from starlette.exceptions import HTTPException
 
+from deployments.ingress.tenancy.keys import KeyTable, Principal, Role
+from deployments.ingress.tenancy.quota import Admission, Quota, current_admission
 from serve_app.draining import InflightRequests
 from serve_app.errors import (
     PayloadTooLarge,
@@ -27,8 +29,6 @@ from serve_app.errors import (
     to_service_error,
 )
 from serve_app.metrics import NoMetrics, NoTenantMetrics, RequestMetrics, TenantMetrics
-from serve_app.tenancy.keys import KeyTable, Principal, Role
-from serve_app.tenancy.quota import Admission, Quota, current_admission
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

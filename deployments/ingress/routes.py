@@ -12,6 +12,9 @@ from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.ingress.dispatch import InferenceService, LoadResult
+from deployments.ingress.http_guard import HttpGuard, KeySource, check_model_allowed, note_error, note_model
+from deployments.ingress.tenancy.quota import Quota
 from serve_app.draining import InflightRequests
 from serve_app.errors import (
     InvalidRequest,
@@ -22,12 +25,9 @@ from serve_app.errors import (
     invalid_request_from,
     to_service_error,
 )
-from serve_app.http_guard import HttpGuard, KeySource, check_model_allowed, note_error, note_model
 from serve_app.metrics import RequestMetrics, TenantMetrics
 from serve_app.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from serve_app.service import InferenceService, LoadResult
 from serve_app.sse import DONE, encode_event
-from serve_app.tenancy.quota import Quota
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

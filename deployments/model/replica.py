@@ -1,7 +1,7 @@
 """The model replica's state machine, free of Ray: engine load and unload, the drain with its cut,
 reconciling to the ModelDirectory's desired state, and admission of requests.
 
-`deployments/model_server.py` is the thin Ray Serve shell around it; unit tests drive this class
+`deployments/model/server.py` is the thin Ray Serve shell around it; unit tests drive this class
 with a fake engine and a fake directory (tests/unit/deployments/test_model_replica.py).
 """
 
@@ -14,9 +14,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+from deployments.model.serving.chat import ChatServing
+from deployments.model.serving.completion import CompletionServing
 from serve_app.config.app_args import RequestLimits
 from serve_app.contracts import ReplicaDirectory
 from serve_app.draining import watch_for_stop
+from serve_app.engine_api import Engine
 from serve_app.errors import (
     ModelNotLoaded,
     RequestAborted,
@@ -27,9 +30,6 @@ from serve_app.errors import (
 )
 from serve_app.metrics import EngineMetrics, NoMetrics
 from serve_app.protocol import ModelState
-from serve_app.serving.chat import ChatServing
-from serve_app.serving.completion import CompletionServing
-from serve_app.serving.engine_api import Engine
 
 logger = logging.getLogger("ray.serve")
 

@@ -1,6 +1,6 @@
 """One Ray Serve deployment per catalog model, each owning one vLLM engine per replica.
 
-The Ray shell only: state, drain and admission live in `ModelReplica` (deployments/model_replica.py).
+The Ray shell only: state, drain and admission live in `ModelReplica` (deployments/model/replica.py).
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.engine.vllm_engine import EngineConfig, VLLMEngine
+from deployments.model.replica import DrainBudgets, ModelReplica
+from deployments.model.stream_batching import batch_events
 from deployments.model_directory import HandleDirectoryClient
-from deployments.model_replica import DrainBudgets, ModelReplica
-from deployments.vllm_engine import EngineConfig, VLLMEngine
 from serve_app.config.app_args import RequestLimits
+from serve_app.engine_api import Engine
 from serve_app.metrics import RayEngineMetrics
 from serve_app.protocol import (
     ChatCompletionChunk,
@@ -25,9 +27,7 @@ from serve_app.protocol import (
     CompletionRequest,
     CompletionResponse,
 )
-from serve_app.serving.engine_api import Engine
 from serve_app.sse import encode_event
-from serve_app.stream_batching import batch_events
 
 
 class ModelServer:

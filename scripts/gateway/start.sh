@@ -126,7 +126,7 @@ fi
 
 # ------------------------------------------------------------------ environment
 export INFERENCE_GATEWAY_UPSTREAM="${INFERENCE_GATEWAY_UPSTREAM:-http://localhost:8085/v1}"
-# The service accepts a comma-separated list of keys (serve_app/http_guard.py): send the first one.
+# The service accepts a comma-separated list of keys (deployments/ingress/http_guard.py): send the first one.
 # LiteLLM's OpenAI client refuses to call without a key; the service ignores it when it has none.
 upstream_key="$(printf '%s' "${INFERENCE_API_KEY:-}" | cut -d, -f1 | tr -d '[:space:]')"
 export INFERENCE_API_KEY="${upstream_key:-no-key}"

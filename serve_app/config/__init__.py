@@ -1,3 +1,6 @@
+"""Configuration shared by every process: the catalog, presets, the builder's arguments, the fit check
+and the drain budgets. Pydantic, `extra="forbid"`."""
+
 from serve_app.config.app_args import AppArgs, CpuProfile, RequestLimits
 from serve_app.config.fit import check_preset_fits
 from serve_app.config.loading import ConfigError, list_presets, load_catalog, load_preset

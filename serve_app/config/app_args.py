@@ -1,4 +1,4 @@
-"""Arguments of the application builder (`import_path: serve_app.app:build_app` plus `args`)."""
+"""Arguments of the application builder (`import_path: deployments.app:build_app` plus `args`)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class AppArgs(Strict):
             "After a stream's first event (sent at once), the model replica sends the SSE events "
             "ready within this window as one Ray item; each event is still one OpenAI chunk. "
             "0 sends every event as its own item. Cuts Ray's per-item streaming cost at a "
-            "bounded delay (serve_app/stream_batching.py)."
+            "bounded delay (deployments/model/stream_batching.py)."
         ),
     )
     critique_step_timeout_s: float = Field(

@@ -1,4 +1,4 @@
-"""Ray resources of each replica, shared by the application builder (serve_app/app.py) and the
+"""Ray resources of each replica, shared by the application builder (deployments/app.py) and the
 Kubernetes renderer (k8s/sizing.py), which sizes pods from the same numbers without importing the
 builder (and with it Ray Serve and every deployment)."""
 

@@ -1,8 +1,8 @@
 """Graceful update: redeploy a changed config while long streams are in flight.
 
 The change is the inference app's `args.limits.max_messages` (256 -> 8). `limits` is an argument of
-the ingress *and* of every model deployment (deployments/model_server.py `ModelServer.__init__(...,
-limits, ...)`; serve_app/app.py binds `args.limits`), so the ingress and both model replicas must be
+the ingress *and* of every model deployment (deployments/model/server.py `ModelServer.__init__(...,
+limits, ...)`; deployments/app.py binds `args.limits`), so the ingress and both model replicas must be
 replaced (new engines). Observed with Ray 2.60: Serve gives *every* deployment of an application
 whose args changed a new version, so the ModelDirectory (same args) restarts too and its desired
 states start afresh (a model unloaded before the redeploy comes back loaded); the "tight" app is

@@ -1,6 +1,6 @@
 """Fakes for the unit suite. Each stands in for something that needs Ray or vLLM in production:
 
-- FakeEngine: the `Engine` protocol of serve_app/serving/engine_api.py (deterministic tokens;
+- FakeEngine: the `Engine` protocol of serve_app/engine_api.py (deterministic tokens;
   optionally pausing mid-generation until `release()` or `abort_all()`, or failing to start).
 - FakeReasoningSplitter: a `<think>...</think>` splitter like vLLM's deepseek_r1 parser.
 - FakeModelClient: the `ModelClient` protocol (plus the HandleModelClient extras the service uses).
@@ -18,6 +18,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from serve_app.contracts import ModelStatus
+from serve_app.engine_api import EngineStep, SampleDelta, SamplingSpec, TokenLogprob
 from serve_app.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -31,7 +32,6 @@ from serve_app.protocol import (
     DeltaMessage,
     Usage,
 )
-from serve_app.serving.engine_api import EngineStep, SampleDelta, SamplingSpec, TokenLogprob
 from serve_app.sse import encode_event
 
 THINK_START, THINK_END = "<think>", "</think>"

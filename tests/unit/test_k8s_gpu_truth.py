@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments.gpu_driver import MIN_DRIVER_MAJOR
+from deployments.engine.gpu_driver import MIN_DRIVER_MAJOR
+from deployments.ingress.tenancy.keys import KeyRing, MissingApiKey
 from k8s import rayservice_builder, render, render_inputs, sizing
 from serve_app.config import AppArgs, load_catalog, load_preset
-from serve_app.tenancy.keys import KeyRing, MissingApiKey
 
 from .crd_schema import CRD_DIR, crd_errors
 

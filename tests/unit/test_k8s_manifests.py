@@ -119,7 +119,7 @@ def test_serve_config_is_serve_config_yaml_with_the_preset(preset: str, rayservi
     expected["http_options"]["request_timeout_s"] = serve["http_options"]["request_timeout_s"]
     assert serve == expected
     assert serve["applications"][0]["import_path"] == SERVE_CONFIG["applications"][0]["import_path"]
-    assert serve["applications"][0]["import_path"] == "serve_app.app:build_app"
+    assert serve["applications"][0]["import_path"] == "deployments.app:build_app"
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -525,7 +525,7 @@ def test_the_renderer_does_not_import_the_serve_application() -> None:
     import subprocess
     import sys
 
-    heavy = ("ray.serve", "serve_app.app", "deployments.model_server")
+    heavy = ("ray.serve", "deployments.app", "deployments.model.server")
     probe = f"import sys, k8s.render; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

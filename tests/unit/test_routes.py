@@ -1,4 +1,4 @@
-"""serve_app/routes.py and http_guard.py over ASGI (httpx.ASGITransport) with a FakeService:
+"""deployments/ingress/routes.py and http_guard.py over ASGI (httpx.ASGITransport) with a FakeService:
 OpenAI error objects, API keys, body limits, request ids, and SSE streams."""
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import httpx
 import pytest
 from ray.serve.exceptions import BackPressureError
 
+from deployments.ingress.dispatch import LoadResult
+from deployments.ingress.http_guard import KeyPolicy, check_key, route_label, route_path
+from deployments.ingress.routes import build_api
 from serve_app.config import AppArgs, RequestLimits
 from serve_app.draining import InflightRequests
 from serve_app.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, restarting
-from serve_app.http_guard import KeyPolicy, check_key, route_label, route_path
 from serve_app.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -26,8 +28,6 @@ from serve_app.protocol import (
     ModelList,
     Usage,
 )
-from serve_app.routes import build_api
-from serve_app.service import LoadResult
 from serve_app.sse import DONE
 
 from .fakes import FakeMetrics

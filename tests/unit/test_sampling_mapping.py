@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from serve_app.orchestration.pipeline import INHERITED_FIELDS, VERDICT_INHERITED_FIELDS
+from deployments.ingress.orchestration.pipeline import INHERITED_FIELDS, VERDICT_INHERITED_FIELDS
 from serve_app.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 REQUESTS: list[type[SamplingFields]] = [ChatCompletionRequest, CompletionRequest]

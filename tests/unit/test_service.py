@@ -1,4 +1,5 @@
-"""serve_app/service.py: InferenceService over the real D4 preset, FakeModelClients and a FakeDirectory."""
+"""deployments/ingress/dispatch.py: InferenceService over the real D4 preset, FakeModelClients and
+a FakeDirectory."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from typing import Any
 import httpx
 import pytest
 
-from serve_app import service as service_module
+from deployments.ingress import dispatch as service_module
+from deployments.ingress.dispatch import InferenceService
+from deployments.ingress.http_guard import KeyPolicy
+from deployments.ingress.routes import build_api
 from serve_app.config import AppArgs, Catalog, Preset, check_preset_fits, load_preset
 from serve_app.config.fit import ModelFit
 from serve_app.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
-from serve_app.http_guard import KeyPolicy
 from serve_app.protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionRequest
-from serve_app.routes import build_api
-from serve_app.service import InferenceService
 
 from .fakes import FakeDirectory, FakeMetrics, FakeModelClient, Reply
 from .support import PRESETS_DIR, parse_sse

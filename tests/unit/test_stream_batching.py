@@ -1,4 +1,4 @@
-"""serve_app/stream_batching.py: SSE events joined per time window, first event at once."""
+"""deployments/model/stream_batching.py: SSE events joined per time window, first event at once."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from serve_app.stream_batching import batch_events
+from deployments.model.stream_batching import batch_events
 
 
 async def _events(*steps: str | float, closed: list[bool] | None = None) -> AsyncIterator[str]:

@@ -1,10 +1,10 @@
-"""serve_app/tiny_checkpoint.py: the offline tokenizer of the CPU profile's tiny checkpoint."""
+"""scripts/tiny_checkpoint.py: the offline tokenizer of the CPU profile's tiny checkpoint."""
 
 from __future__ import annotations
 
 import pytest
 
-from serve_app.tiny_checkpoint import REASONING_TOKENS, SPECIAL_TOKENS, build_tokenizer
+from scripts.tiny_checkpoint import REASONING_TOKENS, SPECIAL_TOKENS, build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Multi-model pipelines (critique, ensemble); run in the ingress replica process."""

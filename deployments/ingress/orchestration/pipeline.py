@@ -13,16 +13,15 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from serve_app.errors import ServiceError, UpstreamTimeout, to_service_error
-from serve_app.model_client import ModelClient
-from serve_app.orchestration.prompts import (
+from deployments.ingress.model_client import ModelClient
+from deployments.ingress.orchestration.prompts import (
     answer_text,
     critique_messages,
     finalize_messages,
     judge_messages,
     revision_messages,
 )
-from serve_app.orchestration.verdict import (
+from deployments.ingress.orchestration.verdict import (
     PICK_MAX_TOKENS,
     VERDICT_MAX_TOKENS,
     parse_verdict,
@@ -30,6 +29,8 @@ from serve_app.orchestration.verdict import (
     pick_schema,
     verdict_schema,
 )
+from deployments.model.serving.tool_calls import to_delta
+from serve_app.errors import ServiceError, UpstreamTimeout, to_service_error
 from serve_app.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -39,7 +40,6 @@ from serve_app.protocol import (
     StreamOptions,
     Usage,
 )
-from serve_app.serving.tool_calls import to_delta
 from serve_app.tools import CallAssembler, JsonSchemaFormat, ResponseFormat, ToolCallDelta
 
 # Sampling fields a pipeline step inherits from the client's request: the request's own mapping

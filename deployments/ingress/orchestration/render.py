@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from deployments.ingress.orchestration.pipeline import FinalDelta, Pipeline, StepFinished, StepStarted
 from serve_app.metrics import RequestMetrics
-from serve_app.orchestration.pipeline import FinalDelta, Pipeline, StepFinished, StepStarted
 from serve_app.protocol import (
     AssistantMessage,
     ChatChoice,

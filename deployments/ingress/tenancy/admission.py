@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 from serve_app.errors import Overloaded
 
-BEST = 0  # the high tier's priority (serve_app/tenancy/keys.py TIER_PRIORITY)
+BEST = 0  # the high tier's priority (deployments/ingress/tenancy/keys.py TIER_PRIORITY)
 
 
 class PriorityGate:

@@ -1,7 +1,7 @@
 """Token buckets and the ledger that holds them, shared by every ingress replica.
 
 Pure logic with an injected clock: `deployments/quota_store.py` puts a `Ledger` in a Ray Serve
-deployment, and `serve_app/tenancy/quota.py` leases from it.
+deployment, and `deployments/ingress/tenancy/quota.py` leases from it.
 
 Requests are admitted from a requests bucket (capacity = requests per minute, refilled
 continuously). Tokens are charged after they are spent, so the tokens bucket may go below zero; a
@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serve_app.tenancy.keys import Limits
+from deployments.ingress.tenancy.keys import Limits
 
 Clock = Callable[[], float]
 

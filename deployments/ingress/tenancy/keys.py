@@ -239,7 +239,7 @@ class KeyRing:
         if required and not ring.table.guards_inference and not anonymous_ok:
             raise MissingApiKey(
                 f"{REQUIRE_API_KEY_ENV}=1 but neither {API_KEY_ENV} nor {KEYS_FILE_ENV} gives a key: "
-                'put an api-key in the inference-api-keys Secret, or opt out explicitly with '
+                "put an api-key in the inference-api-keys Secret, or opt out explicitly with "
                 'allow-anonymous: "true" in it (docs/deploy-eks.md, step 9)'
             )
         return ring

@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, TypeVar
 
-from serve_app.model_client import HandleModelClient
+from deployments.ingress.model_client import HandleModelClient
+from deployments.ingress.tenancy.admission import PriorityGate
+from deployments.ingress.tenancy.quota import Admission, current_admission
 from serve_app.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -22,8 +24,6 @@ from serve_app.protocol import (
     CompletionResponse,
     StreamOptions,
 )
-from serve_app.tenancy.admission import PriorityGate
-from serve_app.tenancy.quota import Admission, current_admission
 
 R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
 USAGE_MARK = '"usage":{'

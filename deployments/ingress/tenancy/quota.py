@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from deployments.ingress.tenancy.buckets import Grant, Snapshot
+from deployments.ingress.tenancy.keys import Limits, Principal
 from serve_app.errors import ServiceError
-from serve_app.tenancy.buckets import Grant, Snapshot
-from serve_app.tenancy.keys import Limits, Principal
 
 logger = logging.getLogger("ray.serve")
 

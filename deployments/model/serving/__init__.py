@@ -1,0 +1,1 @@
+"""Serving logic for one model over the `Engine` interface; runs in the model replica process."""

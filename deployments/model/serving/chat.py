@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from deployments.model.serving.common import Serving
+from deployments.model.serving.tool_calls import ChoiceTools
+from serve_app.engine_api import ReasoningSplitter, SampleDelta, SamplingSpec
+from serve_app.engine_api import TokenLogprob as EngineLogprob
 from serve_app.errors import InvalidRequest
 from serve_app.protocol import (
     AssistantMessage,
@@ -20,10 +24,6 @@ from serve_app.protocol import (
     Usage,
     now,
 )
-from serve_app.serving.common import Serving
-from serve_app.serving.engine_api import ReasoningSplitter, SampleDelta, SamplingSpec
-from serve_app.serving.engine_api import TokenLogprob as EngineLogprob
-from serve_app.serving.tool_calls import ChoiceTools
 
 
 @dataclass

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from serve_app.config.app_args import RequestLimits
+from serve_app.engine_api import Engine, EngineStep, SamplingSpec
 from serve_app.errors import InvalidRequest, RequestAborted, ServiceUnavailable
 from serve_app.metrics import EngineMetrics, NoMetrics
-from serve_app.serving.engine_api import Engine, EngineStep, SamplingSpec
 
 T = TypeVar("T")
 R = TypeVar("R")

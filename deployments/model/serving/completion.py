@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from deployments.model.serving.common import Serving, check_token_ids, merge
+from serve_app.engine_api import EngineStep, SamplingSpec, TokenLogprob
 from serve_app.errors import InvalidRequest
 from serve_app.protocol import (
     CompletionChoice,
@@ -15,8 +17,6 @@ from serve_app.protocol import (
     Usage,
     now,
 )
-from serve_app.serving.common import Serving, check_token_ids, merge
-from serve_app.serving.engine_api import EngineStep, SamplingSpec, TokenLogprob
 
 MAX_PROMPTS = 16
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from serve_app.engine_api import CallChunk, ToolCallParser
 from serve_app.protocol import ToolCall, ToolCallDelta
-from serve_app.serving.engine_api import CallChunk, ToolCallParser
 from serve_app.tools import (
     FunctionCall,
     FunctionCallDelta,

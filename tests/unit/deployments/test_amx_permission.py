@@ -1,10 +1,10 @@
-"""deployments/amx_permission.py: asking for AMX is safe everywhere and says whether AMX is usable."""
+"""deployments/engine/amx_permission.py: asking for AMX is safe everywhere and says whether AMX is usable."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from deployments.amx_permission import AMX_GRANTED, AmxPermissionExtension, request_amx_permission
+from deployments.engine.amx_permission import AMX_GRANTED, AmxPermissionExtension, request_amx_permission
 
 
 def _cpu_flags() -> set[str]:

@@ -1,4 +1,4 @@
-"""deployments/engine_start_gate.py and gpu_driver.py: engine starts on one device never overlap, the
+"""deployments/engine/start_gate.py and gpu_driver.py: engine starts on one device never overlap, the
 lock dies with its holder, the CPU profile takes the same gate, and an old NVIDIA driver is refused
 with a clear message before anything touches CUDA."""
 
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from deployments import engine_start_gate
-from deployments.engine_start_gate import DeviceLock, device_keys, engine_start_slot
-from deployments.gpu_driver import (
+from deployments.engine import start_gate as engine_start_gate
+from deployments.engine.gpu_driver import (
     MIN_DRIVER_MAJOR,
     GpuDriverError,
     check_gpu_driver,
     read_driver_nvidia_smi,
 )
+from deployments.engine.start_gate import DeviceLock, device_keys, engine_start_slot
 
 REPO = Path(__file__).resolve().parents[3]
 DRIVER_OK = "580.65.06"
@@ -107,7 +107,7 @@ async def test_a_waiting_start_can_be_cancelled(tmp_path: Path) -> None:
 def test_the_lock_dies_with_its_holder_process(tmp_path: Path) -> None:
     # A replica killed mid-start (OOM, Ray's start timeout) must not wedge the node's other engines.
     code = (
-        "import sys, time; from pathlib import Path; from deployments.engine_start_gate import DeviceLock; "
+        "import sys, time; from pathlib import Path; from deployments.engine.start_gate import DeviceLock; "
         f"assert DeviceLock(Path({str(tmp_path)!r}), 'gpu-0').try_acquire('dying'); "
         "print('held', flush=True); time.sleep(60)"
     )

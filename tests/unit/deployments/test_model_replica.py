@@ -1,7 +1,7 @@
-"""deployments/model_replica.py: load/unload, the drain and its cut, stop handling and reconciling,
+"""deployments/model/replica.py: load/unload, the drain and its cut, stop handling and reconciling,
 with a FakeEngine, a FakeDirectoryClient and a FakeClock (no Ray, no real waiting).
 
-Requests go the way deployments/model_server.py sends them: `replica.serving()[0].stream(...)`
+Requests go the way deployments/model/server.py sends them: `replica.serving()[0].stream(...)`
 inside `replica.admitted()`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from deployments.model_replica import DRAIN_POLL_S, RECONCILE_PERIOD_S, DrainBudgets, ModelReplica
+from deployments.model.replica import DRAIN_POLL_S, RECONCILE_PERIOD_S, DrainBudgets, ModelReplica
 from serve_app.config.app_args import RequestLimits
 from serve_app.errors import ModelNotLoaded, ServiceError, ServiceUnavailable
 from serve_app.protocol import ChatCompletionChunk, ChatCompletionRequest, ModelState

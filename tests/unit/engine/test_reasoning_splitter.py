@@ -1,7 +1,7 @@
-"""deployments/vllm_engine.py's VllmReasoningSplitter over vLLM's real `deepseek_r1` parser and the tiny
-checkpoint's tokenizer (built by scripts/setup.sh), alone and under ChatServing: reasoning goes to
-`reasoning_content`, the answer to `content`, and an answer cut before `</think>` has `content`
-null (README: deepseek-r1's reasoning)."""
+"""deployments/engine/vllm_engine.py's VllmReasoningSplitter over vLLM's real `deepseek_r1` parser
+and the tiny checkpoint's tokenizer (built by scripts/setup.sh), alone and under ChatServing:
+reasoning goes to `reasoning_content`, the answer to `content`, and an answer cut before
+`</think>` has `content` null (README: deepseek-r1's reasoning)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from deployments.vllm_engine import VllmReasoningSplitter
+from deployments.engine.vllm_engine import VllmReasoningSplitter
+from deployments.model.serving.chat import ChatServing
 from serve_app.config import RequestLimits
 from serve_app.protocol import ChatCompletionRequest
-from serve_app.serving.chat import ChatServing
 
 from ..fakes import FakeEngine
 

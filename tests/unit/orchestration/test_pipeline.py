@@ -1,5 +1,5 @@
-"""serve_app/orchestration/pipeline.py with FakeModelClients: step order, early stop, usage, failures,
-prompt hygiene, and ensemble concurrency."""
+"""deployments/ingress/orchestration/pipeline.py with FakeModelClients: step order, early stop,
+usage, failures, prompt hygiene, and ensemble concurrency."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from serve_app.errors import ContextLengthExceeded, ServiceError, UpstreamTimeout
-from serve_app.orchestration.pipeline import (
+from deployments.ingress.orchestration.pipeline import (
     CritiquePipeline,
     EnsemblePipeline,
     FinalDelta,
     StepFinished,
     StepStarted,
 )
-from serve_app.orchestration.verdict import VERDICT_MAX_TOKENS, pick_schema, verdict_schema
+from deployments.ingress.orchestration.verdict import VERDICT_MAX_TOKENS, pick_schema, verdict_schema
+from serve_app.errors import ContextLengthExceeded, ServiceError, UpstreamTimeout
 from serve_app.protocol import ChatCompletionRequest, ChatMessage, Usage
 
 from ..fakes import FakeModelClient, Reply

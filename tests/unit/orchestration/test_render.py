@@ -1,4 +1,5 @@
-"""serve_app/orchestration/render.py: one pipeline, rendered as a chat.completion or as SSE chunks."""
+"""deployments/ingress/orchestration/render.py: one pipeline, rendered as a chat.completion or as
+SSE chunks."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from deployments.ingress.orchestration.pipeline import CritiquePipeline, EnsemblePipeline
+from deployments.ingress.orchestration.render import render_response, render_stream
 from serve_app.errors import ServiceError
-from serve_app.orchestration.pipeline import CritiquePipeline, EnsemblePipeline
-from serve_app.orchestration.render import render_response, render_stream
 from serve_app.protocol import ChatCompletionRequest
 
 from ..fakes import FakeMetrics, FakeModelClient, Reply

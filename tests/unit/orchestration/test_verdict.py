@@ -1,4 +1,4 @@
-"""serve_app/orchestration/verdict.py: the critic's and judge's JSON contracts and their schemas."""
+"""deployments/ingress/orchestration/verdict.py: the critic's and judge's JSON contracts and their schemas."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from serve_app.orchestration.verdict import parse_verdict, parse_winner, pick_schema, verdict_schema
+from deployments.ingress.orchestration.verdict import parse_verdict, parse_winner, pick_schema, verdict_schema
 
 
 @pytest.mark.parametrize(

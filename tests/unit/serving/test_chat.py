@@ -1,4 +1,4 @@
-"""serve_app/serving/chat.py over a FakeEngine: usage, limits, streaming, reasoning and logprobs."""
+"""deployments/model/serving/chat.py over a FakeEngine: usage, limits, streaming, reasoning and logprobs."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from deployments.model.serving.chat import ChatServing
+from deployments.model.serving.common import PREPARE_IN_THREAD_CHARS
 from serve_app.config import RequestLimits
 from serve_app.errors import ContextLengthExceeded, InvalidRequest
 from serve_app.protocol import ChatCompletionChunk, ChatCompletionRequest
-from serve_app.serving.chat import ChatServing
-from serve_app.serving.common import PREPARE_IN_THREAD_CHARS
 
 from ..fakes import FakeEngine, FakeMetrics
 

@@ -1,4 +1,5 @@
-"""serve_app/serving/common.py: stream merging and the sampling/limit mapping shared by both routes."""
+"""deployments/model/serving/common.py: stream merging and the observed engine steps shared by
+both routes."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from deployments.model.serving.common import merge, observed
+from serve_app.engine_api import EngineStep, SampleDelta
 from serve_app.errors import RequestAborted, ServiceUnavailable
 from serve_app.metrics import NoMetrics
-from serve_app.serving.common import merge, observed
-from serve_app.serving.engine_api import EngineStep, SampleDelta
 
 
 async def _items(name: str, count: int, pause: float = 0.0) -> AsyncIterator[str]:

@@ -1,4 +1,5 @@
-"""serve_app/serving/completion.py over a FakeEngine: prompt shapes, usage, limits, logprobs, streams."""
+"""deployments/model/serving/completion.py over a FakeEngine: prompt shapes, usage, limits,
+logprobs, streams."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from deployments.model.serving.completion import MAX_PROMPTS, CompletionServing
 from serve_app.config import RequestLimits
 from serve_app.errors import ContextLengthExceeded, InvalidRequest
 from serve_app.protocol import CompletionChunk, CompletionRequest
-from serve_app.serving.completion import MAX_PROMPTS, CompletionServing
 
 from ..fakes import FakeEngine, FakeMetrics
 

@@ -1,5 +1,5 @@
 """Tool calling: vLLM's REAL tool parsers behind our adapter, on synthetic model text in each catalog
-model's format, and serve_app/serving/chat.py's tool modes over a FakeEngine that emits such text.
+model's format, and deployments/model/serving/chat.py's tool modes over a FakeEngine that emits such text.
 
 The tokenizer is the tiny CPU checkpoint's (built in memory, no weights), so the parsers see the same
 vocabulary, with its tool-call tokens, as on the cluster."""
@@ -13,12 +13,12 @@ from typing import Any
 import jsonschema
 import pytest
 
-from deployments.vllm_engine import VllmToolCallParser
+from deployments.engine.vllm_engine import VllmToolCallParser
+from deployments.model.serving.chat import ChatServing
+from scripts.tiny_checkpoint import build_tokenizer
 from serve_app.config import Catalog, RequestLimits
 from serve_app.errors import InvalidRequest
 from serve_app.protocol import ChatCompletionChunk, ChatCompletionRequest
-from serve_app.serving.chat import ChatServing
-from serve_app.tiny_checkpoint import build_tokenizer
 from serve_app.tools import CallAssembler
 
 from ..fakes import FakeEngine
@@ -103,7 +103,7 @@ def test_streamed_parsing_assembles_the_same_call(name: str) -> None:
     tok = tokenizer()
     ids = tok.encode(MODEL_TEXT[name], add_special_tokens=False)
     text, seen, assembler = "", [], CallAssembler()
-    from serve_app.serving.tool_calls import chunk_delta
+    from deployments.model.serving.tool_calls import chunk_delta
 
     for i, token in enumerate(ids):
         delta = tok.decode([token])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pickle
 
-from serve_app.tenancy.buckets import Grant, Ledger, Snapshot
-from serve_app.tenancy.keys import Limits
+from deployments.ingress.tenancy.buckets import Grant, Ledger, Snapshot
+from deployments.ingress.tenancy.keys import Limits
 
 
 class FakeClock:

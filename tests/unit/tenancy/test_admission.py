@@ -1,4 +1,4 @@
-"""serve_app/tenancy/admission.py: the per-model gate serves the best tier first."""
+"""deployments/ingress/tenancy/admission.py: the per-model gate serves the best tier first."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from deployments.ingress.tenancy.admission import PriorityGate
 from serve_app.errors import Overloaded
-from serve_app.tenancy.admission import PriorityGate
 
 
 async def settle() -> None:

@@ -1,11 +1,11 @@
-"""serve_app/tenancy/buckets.py: token buckets and the shared ledger, on an injected clock."""
+"""deployments/ingress/tenancy/buckets.py: token buckets and the shared ledger, on an injected clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from serve_app.tenancy.buckets import Bucket, Ledger
-from serve_app.tenancy.keys import Limits
+from deployments.ingress.tenancy.buckets import Bucket, Ledger
+from deployments.ingress.tenancy.keys import Limits
 
 from .fakes import FakeClock
 

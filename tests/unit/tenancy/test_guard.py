@@ -1,4 +1,4 @@
-"""Quotas through the HTTP guard (serve_app/http_guard.py over ASGI, with the FakeService of
+"""Quotas through the HTTP guard (deployments/ingress/http_guard.py over ASGI, with the FakeService of
 test_routes.py) and model calls charged by MeteredModelClient."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
+from deployments.ingress.routes import build_api
+from deployments.ingress.tenancy.admission import PriorityGate
+from deployments.ingress.tenancy.keys import KeysFile, KeyTable
+from deployments.ingress.tenancy.metering import MeteredModelClient, usage_of_events
+from deployments.ingress.tenancy.quota import Admission, Quota, current_admission
 from serve_app.protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionRequest
-from serve_app.routes import build_api
-from serve_app.tenancy.admission import PriorityGate
-from serve_app.tenancy.keys import KeysFile, KeyTable
-from serve_app.tenancy.metering import MeteredModelClient, usage_of_events
-from serve_app.tenancy.quota import Admission, Quota, current_admission
 
 from ..test_routes import CHAT, FakeService
 from .fakes import FakeClock, FakeQuotaStore, FakeUnreachableStore

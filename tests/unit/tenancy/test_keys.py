@@ -1,4 +1,4 @@
-"""serve_app/tenancy/keys.py: the keys file, its validation, and its reload; fuzzed files are
+"""deployments/ingress/tenancy/keys.py: the keys file, its validation, and its reload; fuzzed files are
 refused with a clear message while the policy in force stays."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve_app.tenancy.keys import (
+from deployments.ingress.tenancy.keys import (
     KeyEntry,
     KeyRing,
     KeysFile,

@@ -1,4 +1,4 @@
-"""serve_app/tenancy/quota.py: admission from leases, two replicas sharing one ledger, token
+"""deployments/ingress/tenancy/quota.py: admission from leases, two replicas sharing one ledger, token
 charging, and OpenAI's rate-limit headers and 429s."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pickle
 
 import pytest
 
-from serve_app.tenancy.buckets import Snapshot
-from serve_app.tenancy.keys import Limits, Principal, Role, Tier
-from serve_app.tenancy.quota import (
+from deployments.ingress.tenancy.buckets import Snapshot
+from deployments.ingress.tenancy.keys import Limits, Principal, Role, Tier
+from deployments.ingress.tenancy.quota import (
     LEASE_TTL_S,
     Quota,
     RateLimited,
