@@ -120,7 +120,7 @@ async def run_tenancy(scenario: TenancyScenario, prompts: PromptFactory) -> dict
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(index)))
         await asyncio.gather(*tasks)
-    figures = {
+    figures: dict[str, Any] = {
         "model": w.model,
         "prompt_tokens": w.prompt_tokens,
         "output_tokens": w.output_tokens,
@@ -133,8 +133,7 @@ async def run_tenancy(scenario: TenancyScenario, prompts: PromptFactory) -> dict
         "overload_low": _ttft(low),
     }
     base, loaded = figures["unloaded_high"]["ttft_p99_ms"], figures["overload_high"]["ttft_p99_ms"]
-    figures["high_p99_ratio"] = round(loaded / base, 2) if base and loaded else None
-    figures["target_met"] = (
-        figures["high_p99_ratio"] is not None and figures["high_p99_ratio"] <= TARGET_RATIO
-    )
+    ratio: float | None = round(loaded / base, 2) if base and loaded else None
+    figures["high_p99_ratio"] = ratio
+    figures["target_met"] = ratio is not None and ratio <= TARGET_RATIO
     return figures

@@ -229,6 +229,7 @@ async def test_pipeline_steps_are_all_charged(keys: dict[str, dict[str, Any]]) -
         extra_body={"orchestration": {"mode": "critique", "rounds": 1}},
     )
     await client.close()
+    assert response.model_extra is not None and response.usage is not None
     steps = response.model_extra["orchestration"]["steps"]
     assert len(steps) >= 2
     assert response.usage.total_tokens == sum(step["usage"]["total_tokens"] for step in steps)

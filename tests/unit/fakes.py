@@ -104,8 +104,13 @@ class FakeEngine:
     aborted_at: list[float] = field(default_factory=list)
     generating: int = 0  # generations open right now
     paused: int = 0  # generations waiting at `pause_after` right now
+    # The Engine protocol's settable attribute: "fake" when a tool parser factory is given.
+    tool_parser_name: str | None = field(default=None, init=False)
     _resume: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _abort_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        self.tool_parser_name = "fake" if self.tool_parser_factory else None
 
     async def start(self) -> None:
         self.starts += 1
@@ -151,10 +156,6 @@ class FakeEngine:
 
     def reasoning_splitter(self) -> FakeReasoningSplitter | None:
         return FakeReasoningSplitter() if self.reasoning else None
-
-    @property
-    def tool_parser_name(self) -> str | None:
-        return "fake" if self.tool_parser_factory else None
 
     def tool_parser(self, tools: list[dict[str, Any]]) -> Any:
         return self.tool_parser_factory(tools) if self.tool_parser_factory else None

@@ -24,3 +24,9 @@ def parse_sse(events: Sequence[str] | str) -> list[dict[str, Any] | str]:
         decoded.append(payload if payload == "[DONE]" else json.loads(payload))
     assert text.endswith("\n\n"), "every SSE event ends with a blank line"
     return decoded
+
+
+def sse_json(event: dict[str, Any] | str) -> dict[str, Any]:
+    """One event from `parse_sse` that must be a JSON payload (not `[DONE]`)."""
+    assert isinstance(event, dict), f"not a JSON event: {event!r}"
+    return event

@@ -31,7 +31,7 @@ from serve_app.protocol import (
 from serve_app.sse import DONE
 
 from .fakes import FakeMetrics
-from .support import parse_sse
+from .support import parse_sse, sse_json
 
 MAX_BODY = 4096
 CHAT = {"model": "qwen2.5-7b", "messages": [{"role": "user", "content": "hi"}]}
@@ -471,7 +471,7 @@ async def test_stream_success_ends_with_done(client: httpx.AsyncClient, service:
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["cache-control"] == "no-cache"
     events = parse_sse(response.text)
-    assert [e["choices"][0]["delta"]["content"] for e in events[:-1]] == ["a", "b"]
+    assert [sse_json(e)["choices"][0]["delta"]["content"] for e in events[:-1]] == ["a", "b"]
     assert events[-1] == "[DONE]" and response.text.endswith(DONE)
 
 
@@ -507,8 +507,9 @@ async def test_stream_error_after_the_first_event_is_an_error_event_then_done(
     assert response.status_code == 200
     events = parse_sse(response.text)
     assert len(events) == 3
-    assert events[0]["choices"][0]["delta"]["content"] == "partial"
-    assert events[1]["error"]["type"] == "internal_error" and "secret" not in events[1]["error"]["message"]
+    assert sse_json(events[0])["choices"][0]["delta"]["content"] == "partial"
+    error = sse_json(events[1])["error"]
+    assert error["type"] == "internal_error" and "secret" not in error["message"]
     assert events[2] == "[DONE]"
     assert ("qwen2.5-7b", 200, "internal_error") in metrics.named("error")
 
@@ -525,7 +526,7 @@ async def test_stream_service_error_mid_stream_keeps_its_code(
 
     service.on_chat = stream
     events = parse_sse((await client.post("/v1/chat/completions", json={**CHAT, "stream": True})).text)
-    assert events[1]["error"]["param"] == "max_tokens" and events[-1] == "[DONE]"
+    assert sse_json(events[1])["error"]["param"] == "max_tokens" and events[-1] == "[DONE]"
 
 
 async def test_empty_stream_still_ends_with_done(client: httpx.AsyncClient, service: FakeService) -> None:

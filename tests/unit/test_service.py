@@ -20,7 +20,7 @@ from serve_app.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from serve_app.protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionRequest
 
 from .fakes import FakeDirectory, FakeMetrics, FakeModelClient, Reply
-from .support import PRESETS_DIR, parse_sse
+from .support import PRESETS_DIR, parse_sse, sse_json
 
 GEN, CRITIC = "qwen2.5-7b", "deepseek-r1-7b"
 USER = [{"role": "user", "content": "Reverse a string in Python."}]
@@ -210,6 +210,7 @@ async def test_a_single_preset_addressed_by_name_is_its_model(catalog: Catalog) 
     preset = load_preset(PRESETS_DIR, "single-phi-4", catalog)
     service, _, clients, _ = make_service(catalog, preset, check_preset_fits(preset, catalog))
     response = await service.chat(chat(model="single-phi-4"), "req-1")
+    assert isinstance(response, ChatCompletionResponse)
     assert response.orchestration is None
     assert clients["phi-4"].requests[0][0].model == "phi-4"
 
@@ -224,7 +225,7 @@ async def test_streaming_single_call_returns_the_models_sse(d4) -> None:
     service, *_ = d4()
     result = await service.chat(chat(model=GEN, stream=True), "req-1")
     assert isinstance(result, AsyncIterator)
-    chunks = parse_sse([event async for event in result])
+    chunks = [sse_json(event) for event in parse_sse([event async for event in result])]
     assert (
         "".join(ch["delta"].get("content", "") for c in chunks for ch in c["choices"]) == f"answer of {GEN}"
     )
@@ -233,7 +234,7 @@ async def test_streaming_single_call_returns_the_models_sse(d4) -> None:
 async def test_streaming_pipeline_returns_sse_with_orchestration_last(d4) -> None:
     service, *_ = d4(clients=d4_clients())
     result = await service.chat(chat(model="D4", stream=True), "req-1")
-    chunks = parse_sse([event async for event in result])
+    chunks = [sse_json(event) for event in parse_sse([event async for event in result])]
     assert chunks[-1]["orchestration"]["mode"] == "critique"
     assert "".join(ch["delta"].get("content", "") for c in chunks for ch in c["choices"]) == "revision 2"
 

@@ -296,8 +296,10 @@ def test_serving_options_become_ray_deployment_options(catalog: Catalog) -> None
     options = catalog.get("llama-3.2-3b").serving.deployment_options()
     assert options["max_ongoing_requests"] == 32
     assert options["max_queued_requests"] == 128
-    assert options["autoscaling_config"]["max_replicas"] == 4
-    assert options["autoscaling_config"]["target_ongoing_requests"] == 16
+    autoscaling = options["autoscaling_config"]
+    assert isinstance(autoscaling, dict)
+    assert autoscaling["max_replicas"] == 4
+    assert autoscaling["target_ongoing_requests"] == 16
     assert options["backpressure_config"] == {"status_code": 429, "retry_after_s": 2}
 
 

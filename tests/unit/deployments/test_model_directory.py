@@ -9,7 +9,7 @@ import pytest
 
 from deployments import model_directory
 from deployments.model_directory import REPORT_TTL_S, ModelDirectoryState, aggregate_state
-from serve_app.contracts import ModelStatus
+from serve_app.contracts import DesiredState, ModelStatus
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ from serve_app.contracts import ModelStatus
         ("unloaded", {"ready": 2}, "unloading"),
     ],
 )
-def test_aggregate_state(desired: str, counts: dict[str, int], expected: str) -> None:
+def test_aggregate_state(desired: DesiredState, counts: dict[str, int], expected: str) -> None:
     assert aggregate_state(desired, counts) == expected
 
 

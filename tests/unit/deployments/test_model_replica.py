@@ -13,6 +13,7 @@ import pytest
 
 from deployments.model.replica import DRAIN_POLL_S, RECONCILE_PERIOD_S, DrainBudgets, ModelReplica
 from serve_app.config.app_args import RequestLimits
+from serve_app.contracts import DesiredState
 from serve_app.errors import ModelNotLoaded, ServiceError, ServiceUnavailable
 from serve_app.protocol import ChatCompletionChunk, ChatCompletionRequest, ModelState
 
@@ -36,14 +37,16 @@ class FakeDirectoryClient:
     """The ModelDirectory as a replica sees it: records reports, answers `desired`; `stopping`
     answers is_stopping; `report_errors` makes that many next reports raise."""
 
-    def __init__(self, desired: str = "loaded") -> None:
+    def __init__(self, desired: DesiredState = "loaded") -> None:
         self.desired = desired
         self.stopping = False
         self.report_errors = 0
         self.reports: list[tuple[ModelState, str | None]] = []
         self.stop_questions = 0
 
-    async def report(self, model_id: str, replica_id: str, state: ModelState, error: str | None) -> str:
+    async def report(
+        self, model_id: str, replica_id: str, state: ModelState, error: str | None
+    ) -> DesiredState:
         assert (model_id, replica_id) == (MODEL, REPLICA)
         if self.report_errors:
             self.report_errors -= 1

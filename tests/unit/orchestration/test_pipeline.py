@@ -4,6 +4,7 @@ usage, failures, prompt hygiene, and ensemble concurrency."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -111,6 +112,7 @@ async def test_approval_in_a_later_round_keeps_the_revision() -> None:
     pipeline = critique(generator, critic, rounds=3)
     events = await run(pipeline, stream_final=True)
     assert pipeline.info().models_used == [GEN, CRITIC, GEN, CRITIC]
+    assert pipeline.final is not None
     assert pipeline.stop_reason == "approved" and pipeline.final.content == "draft 1"
     assert [e.content for e in events if isinstance(e, FinalDelta)] == ["draft 1"]
 
@@ -121,6 +123,7 @@ async def test_unclear_verdict_counts_as_not_approved() -> None:
     pipeline = critique(generator, critic, rounds=1)
     await run(pipeline)
     assert pipeline.steps[1].verdict == "unclear"
+    assert pipeline.final is not None
     assert pipeline.stop_reason == "max_rounds" and pipeline.final.content == "draft 1"
 
 
@@ -137,6 +140,7 @@ async def test_only_the_last_revision_streams_and_nothing_else() -> None:
     assert streamed == [False, False, True]
     assert generator.chat_requests[-1].include_usage() is True
     assert all(not r.stream for r in critic.chat_requests)
+    assert pipeline.final is not None
     assert pipeline.final.content == "the final answer"
     assert pipeline.final.usage == Reply("x").usage()
 
@@ -194,7 +198,7 @@ TOOLS = [
         },
     }
 ]
-CONTRACT = {
+CONTRACT: dict[str, Any] = {
     "tools": TOOLS,
     "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
     "response_format": {"type": "json_object"},
@@ -304,6 +308,7 @@ async def test_a_slow_reader_of_the_final_stream_does_not_get_a_bare_cancellatio
 
     async def slow_reader() -> str:
         events = pipeline.events(stream_final=True)
+        assert isinstance(events, AsyncGenerator)  # so it can be closed
         try:
             async for event in events:
                 if isinstance(event, FinalDelta):
@@ -312,7 +317,9 @@ async def test_a_slow_reader_of_the_final_stream_does_not_get_a_bare_cancellatio
         except ServiceError as error:
             return f"service error {error.status}"
         except asyncio.CancelledError:
-            asyncio.current_task().uncancel()
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
             return "bare CancelledError"
         finally:
             await events.aclose()
@@ -347,6 +354,7 @@ async def test_ensemble_candidates_run_concurrently() -> None:
     # Run one after the other, each candidate would wait forever for the other to start.
     async with asyncio.timeout(2):
         await run(pipeline)
+    assert pipeline.final is not None
     assert pipeline.final.content == "answer A"
 
 
@@ -369,6 +377,7 @@ async def test_ensemble_judge_picks_the_winner_and_steps_stay_in_candidate_order
     ]
     assert info.steps[-1].verdict == "winner:model-b"
     assert info.reason == "B handles empty input."
+    assert pipeline.final is not None
     assert pipeline.final.content == "answer B" and pipeline.final.reasoning_content == "B thought"
     assert pipeline.usage() == Usage(prompt_tokens=7, completion_tokens=7, total_tokens=14)
     finals = [e for e in events if isinstance(e, FinalDelta)]
@@ -389,6 +398,7 @@ async def test_ensemble_without_a_valid_winner_keeps_the_first_candidate(verdict
     b = FakeModelClient("model-b", [Reply("answer B")])
     pipeline = ensemble([a, b], FakeModelClient(JUDGE, [Reply(verdict)]))
     await run(pipeline)
+    assert pipeline.final is not None
     assert pipeline.final.content == "answer A"
     assert pipeline.reason == "The judge named no valid winner; the first candidate was kept."
     assert pipeline.steps[-1].verdict == "winner:model-a"

@@ -133,6 +133,7 @@ async def test_stream_and_response_agree_on_the_answer() -> None:
     chunks = await stream_of(two_round_critique())
     streamed = "".join(ch["delta"].get("content", "") for c in chunks for ch in c["choices"])
     assert streamed == whole.choices[0].message.content
+    assert whole.orchestration is not None
     assert chunks[-1]["orchestration"]["models_used"] == whole.orchestration.models_used
 
 

@@ -196,6 +196,7 @@ async def test_logprobs_shapes() -> None:
     engine = FakeEngine(outputs=[("x", "yz")])
     response = await serving(engine).create(chat(logprobs=True, top_logprobs=2), "req-1")
     assert engine.calls[0].sampling.logprobs == 2
+    assert response.choices[0].logprobs is not None
     entries = response.choices[0].logprobs.content
     assert [e.token for e in entries] == ["x", "yz"]
     assert [e.bytes for e in entries] == [[120], [121, 122]]
@@ -212,8 +213,10 @@ async def test_logprobs_without_top_logprobs_asks_for_zero_alternatives() -> Non
     engine = FakeEngine()
     response = await serving(engine).create(chat(logprobs=True), "req-1")
     assert engine.calls[0].sampling.logprobs == 0
-    assert len(response.choices[0].logprobs.content) == 3
-    assert all(e.top_logprobs == [] for e in response.choices[0].logprobs.content)
+    logprobs = response.choices[0].logprobs
+    assert logprobs is not None
+    assert len(logprobs.content) == 3
+    assert all(e.top_logprobs == [] for e in logprobs.content)
 
 
 async def test_token_metrics_are_recorded() -> None:
@@ -282,7 +285,9 @@ async def test_stream_splits_reasoning_into_reasoning_content() -> None:
     # Reasoning arrives before the answer.
     first_content = next(i for i, d in enumerate(deltas) if d.content)
     assert all(not d.reasoning_content for d in deltas[first_content:])
-    assert chunks[-1].usage.completion_tokens == len(THINKING)
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens == len(THINKING)
 
 
 async def test_stream_and_create_agree() -> None:
@@ -301,9 +306,11 @@ async def test_stream_and_create_agree() -> None:
 async def test_stream_logprobs_per_chunk() -> None:
     chunks = await collect(serving(FakeEngine()), chat(stream=True, logprobs=True, top_logprobs=1))
     content_chunks = [ch for c in chunks[1:] for ch in c.choices]
-    assert all(ch.logprobs is not None and len(ch.logprobs.content) == 1 for ch in content_chunks)
-    assert [ch.logprobs.content[0].token for ch in content_chunks] == ["Hello", " there", "!"]
-    assert all(len(ch.logprobs.content[0].top_logprobs) == 1 for ch in content_chunks)
+    logprobs = [ch.logprobs for ch in content_chunks if ch.logprobs is not None]
+    assert len(logprobs) == len(content_chunks)
+    assert all(len(lp.content) == 1 for lp in logprobs)
+    assert [lp.content[0].token for lp in logprobs] == ["Hello", " there", "!"]
+    assert all(len(lp.content[0].top_logprobs) == 1 for lp in logprobs)
     assert chunks[0].choices[0].logprobs is None
 
 

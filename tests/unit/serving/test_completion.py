@@ -113,6 +113,7 @@ async def test_logprobs_shapes_and_offsets() -> None:
     response = await serving(engine).create(completion(logprobs=2), "cmpl-1")
     assert engine.calls[0].sampling.logprobs == 2
     logprobs = response.choices[0].logprobs
+    assert logprobs is not None
     assert logprobs.tokens == ["ab", "c", "def"]
     assert logprobs.token_logprobs == [-0.5, -0.5, -0.5]
     assert logprobs.text_offset == [0, 2, 3]
@@ -122,6 +123,7 @@ async def test_logprobs_shapes_and_offsets() -> None:
 async def test_logprobs_zero_still_returns_the_sampled_tokens() -> None:
     response = await serving(FakeEngine()).create(completion(logprobs=0), "cmpl-1")
     logprobs = response.choices[0].logprobs
+    assert logprobs is not None
     assert len(logprobs.tokens) == 3 and logprobs.top_logprobs == [None, None, None]
 
 
@@ -146,6 +148,7 @@ async def test_stream_chunks_usage_and_offsets() -> None:
     for chunk in content:
         for choice in chunk.choices:
             texts[choice.index] = texts.get(choice.index, "") + choice.text
+            assert choice.logprobs is not None
             offsets.setdefault(choice.index, []).extend(choice.logprobs.text_offset)
     assert texts == {0: "abc", 1: "abc"}
     assert offsets == {0: [0, 2], 1: [0, 2]}
