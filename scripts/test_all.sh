@@ -11,7 +11,7 @@ mkdir -p "$RUN_DIR"
 
 echo "==> ruff and mypy"
 ruff check .
-mypy serve_app deployments
+mypy serve_app deployments k8s bench tests
 
 echo "==> unit tests"
 python -m pytest tests/unit -q -p no:cacheprovider
