@@ -9,7 +9,7 @@ from typing import Any
 
 from ray import serve
 
-from deployments.ingress.dispatch import InferenceService
+from deployments.ingress.dispatch import RequestDispatcher
 from deployments.ingress.model_client import HandleModelClient
 from deployments.ingress.routes import build_api
 from deployments.ingress.tenancy.admission import PriorityGate
@@ -66,7 +66,7 @@ class Ingress:
         }
         self.metrics = RayRequestMetrics()
         self.tenant_metrics = RayTenantMetrics()
-        self.service = InferenceService(args, catalog, preset, fits, clients, directory, self.metrics)
+        self.service = RequestDispatcher(args, catalog, preset, fits, clients, directory, self.metrics)
         # INFERENCE_API_KEY / INFERENCE_ADMIN_KEY (unlimited) plus the INFERENCE_KEYS_FILE policies.
         self.policy = KeyRing.from_env(time.monotonic)
         self.quota = Quota(HandleQuotaStore(quota_store), time.monotonic)

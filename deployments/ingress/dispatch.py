@@ -43,7 +43,10 @@ class LoadResult:
     done: bool
 
 
-class InferenceService:
+class RequestDispatcher:
+    """Sends each request to one model or a pipeline, and answers the model routes (list, load,
+    unload, readiness) from the ModelDirectory's states. Runs in the ingress replica."""
+
     def __init__(
         self,
         args: AppArgs,

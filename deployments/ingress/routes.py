@@ -1,4 +1,4 @@
-"""The OpenAI HTTP surface. Handlers parse, call `InferenceService`, and render; nothing else."""
+"""The OpenAI HTTP surface. Handlers parse, call `RequestDispatcher`, and render; nothing else."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.ingress.dispatch import InferenceService, LoadResult
+from deployments.ingress.dispatch import LoadResult, RequestDispatcher
 from deployments.ingress.http_guard import HttpGuard, KeySource, check_model_allowed, note_error, note_model
 from deployments.ingress.tenancy.quota import Quota
 from serve_app.draining import InflightRequests
@@ -108,7 +108,7 @@ def _load_response(result: LoadResult) -> JSONResponse:
 
 
 def build_api(
-    service: InferenceService,
+    service: RequestDispatcher,
     policy: KeySource,
     metrics: RequestMetrics | None = None,
     inflight: InflightRequests | None = None,

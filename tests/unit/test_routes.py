@@ -38,7 +38,7 @@ CHAT = {"model": "qwen2.5-7b", "messages": [{"role": "user", "content": "hi"}]}
 
 
 class FakeService:
-    """The surface routes.py uses of InferenceService; `on_chat` decides what chat returns."""
+    """The surface routes.py uses of RequestDispatcher; `on_chat` decides what chat returns."""
 
     def __init__(self) -> None:
         self.args = AppArgs(limits=RequestLimits(max_body_bytes=MAX_BODY))

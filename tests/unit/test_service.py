@@ -1,4 +1,4 @@
-"""deployments/ingress/dispatch.py: InferenceService over the real D4 preset, FakeModelClients and
+"""deployments/ingress/dispatch.py: RequestDispatcher over the real D4 preset, FakeModelClients and
 a FakeDirectory."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from deployments.ingress import dispatch as service_module
-from deployments.ingress.dispatch import InferenceService
+from deployments.ingress.dispatch import RequestDispatcher
 from deployments.ingress.http_guard import KeyPolicy
 from deployments.ingress.routes import build_api
 from serve_app.config import AppArgs, Catalog, Preset, check_preset_fits, load_preset
@@ -33,11 +33,11 @@ def make_service(
     states: dict[str, Any] | None = None,
     clients: dict[str, FakeModelClient] | None = None,
     **args: Any,
-) -> tuple[InferenceService, FakeDirectory, dict[str, FakeModelClient], FakeMetrics]:
+) -> tuple[RequestDispatcher, FakeDirectory, dict[str, FakeModelClient], FakeMetrics]:
     clients = clients or {m: FakeModelClient(m) for m in preset.models}
     directory = FakeDirectory(states or dict.fromkeys(preset.models, "ready"))
     metrics = FakeMetrics()
-    service = InferenceService(AppArgs(**args), catalog, preset, fits, clients, directory, metrics)  # type: ignore[arg-type]
+    service = RequestDispatcher(AppArgs(**args), catalog, preset, fits, clients, directory, metrics)  # type: ignore[arg-type]
     return service, directory, clients, metrics
 
 
@@ -274,7 +274,7 @@ async def test_failed_load_is_a_503_with_the_replica_error(
 ) -> None:
     clients = {m: FakeModelClient(m) for m in d4_preset.models}
     directory = FakeDirectory({GEN: "failed", CRITIC: "ready"}, errors={GEN: "engine failed to start: OOM"})
-    service = InferenceService(AppArgs(), catalog, d4_preset, d4_fits, clients, directory)  # type: ignore[arg-type]
+    service = RequestDispatcher(AppArgs(), catalog, d4_preset, d4_fits, clients, directory)  # type: ignore[arg-type]
     with pytest.raises(ServiceUnavailable) as caught:
         await service.load(GEN, wait_s=5)
     assert caught.value.code == "model_load_failed" and "OOM" in caught.value.message
