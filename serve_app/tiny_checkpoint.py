@@ -35,7 +35,7 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% if tools %}<|start_header_id|>system<|end_header_id|>\n\n"
     "You may call these functions. To call one, answer with "
-    "<tool_call>{\"name\": <function-name>, \"arguments\": <args-json-object>}</tool_call>\n"
+    '<tool_call>{"name": <function-name>, "arguments": <args-json-object>}</tool_call>\n'
     "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}<|eot_id|>{% endif %}"
     "{% for message in messages %}"
     "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
