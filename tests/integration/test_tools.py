@@ -140,21 +140,26 @@ async def test_auto_has_the_right_structure_or_a_clear_400(openai_client: Any, d
             )
         assert caught.value.param == "tools" and "required" in caught.value.message
         return
-    for stream in (False, True):
-        if stream:
-            async with openai_client.chat.completions.stream(
-                model=d4_model, messages=USER, tools=STRICT_TOOLS, max_tokens=48, seed=2
-            ) as events:
-                response = await events.get_final_completion()
-        else:
-            response = await openai_client.chat.completions.create(
-                model=d4_model, messages=USER, tools=TOOLS, max_tokens=48, seed=2
-            )
-        choice = response.choices[0]
-        assert choice.finish_reason in ("stop", "length", "tool_calls")
-        for call in choice.message.tool_calls or []:  # whatever random weights found, well formed
-            assert call.type == "function" and call.id and call.function.name in ("get_weather", "get_time")
-        assert (choice.finish_reason == "tool_calls") == bool(choice.message.tool_calls)
+    response = await openai_client.chat.completions.create(
+        model=d4_model, messages=USER, tools=TOOLS, max_tokens=48, seed=2
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason in ("stop", "length", "tool_calls")
+    for call in choice.message.tool_calls or []:  # whatever random weights found, well formed
+        assert call.type == "function" and call.id and call.function.name in ("get_weather", "get_time")
+    assert (choice.finish_reason == "tool_calls") == bool(choice.message.tool_calls)
+    stream = await openai_client.chat.completions.create(
+        model=d4_model, messages=USER, tools=TOOLS, max_tokens=48, seed=2, stream=True
+    )
+    finishes, called = [], False
+    async for chunk in stream:
+        for streamed in chunk.choices:
+            finishes += [streamed.finish_reason] if streamed.finish_reason else []
+            for delta in streamed.delta.tool_calls or []:
+                called = True
+                assert delta.index >= 0
+    assert len(finishes) == 1 and finishes[0] in ("stop", "length", "tool_calls"), finishes
+    assert (finishes[0] == "tool_calls") == called
 
 
 async def test_json_schema_output_is_complete_and_validates(openai_client: Any, d4_model: str) -> None:

@@ -64,7 +64,8 @@ async def render_stream(
             ChatCompletionChunk(id=pipeline.request_id, created=created, model=request.model, **fields)  # type: ignore[arg-type]
         )
 
-    yield chunk(choices=[ChatChunkChoice(index=0, delta=DeltaMessage(role="assistant", content=""))])
+    opening = "" if request.tool_mode() == "none" else None  # null content when only calls follow
+    yield chunk(choices=[ChatChunkChoice(index=0, delta=DeltaMessage(role="assistant", content=opening))])
     async for event in pipeline.events(stream_final=True):
         if isinstance(event, StepStarted):
             yield chunk(

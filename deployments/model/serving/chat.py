@@ -148,9 +148,12 @@ class ChatServing(Serving):
                 id=request_id, created=created, model=request.model, choices=choice_list, usage=usage
             )
 
+        # An answer that may be tool calls starts without content, so that clients assembling the
+        # stream end with `content: null` when only calls follow.
+        opening = "" if request.tool_mode() == "none" else None
         yield chunk(
             [
-                ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
+                ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=opening))
                 for i in range(request.n)
             ]
         )

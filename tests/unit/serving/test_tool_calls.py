@@ -256,6 +256,9 @@ async def test_streamed_named_and_required_calls_assemble() -> None:
         assert calls is not None and len(calls) == 1
         assert json.loads(calls[0].function.arguments) == ARGS
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        # No content at all, so SDKs assemble `content: None` (not "") for a calls-only answer.
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert all(c.delta.content is None for chunk in chunks for c in chunk.choices)
 
 
 async def test_a_reasoning_model_under_constraint_answers_with_the_call_not_reasoning() -> None:
