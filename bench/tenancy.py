@@ -32,7 +32,8 @@ class TenancyScenario:
     high_key: str
     low_key: str
     workload: Workload  # model, prompt and output length, timeout
-    unloaded_requests: int = 12
+    unloaded_requests: int = 20
+    warmup_requests: int = 2
     capacity_concurrency: int = 16  # the model's max_ongoing_requests (qwen2.5-7b: the default 16)
     capacity_requests: int = 32
     overload_factor: float = 2.0
@@ -83,6 +84,7 @@ async def _closed(
 async def run_tenancy(scenario: TenancyScenario, prompts: PromptFactory) -> dict[str, Any]:
     s, w = scenario, scenario.workload
     print(f"  tenancy: unloaded high tier, {s.unloaded_requests} requests one at a time", flush=True)
+    await _closed(s.url, s.high_key, replace(w, concurrency=1, requests=s.warmup_requests), prompts, 90_000)
     unloaded, _ = await _closed(
         s.url, s.high_key, replace(w, concurrency=1, requests=s.unloaded_requests), prompts, 0
     )
