@@ -165,17 +165,18 @@ def require_model_card(model_id: str, *, ready: bool = True) -> dict[str, Any]:
 
 
 def require_tight_model() -> str:
-    """The ready model of the tight app (TIGHT_BASE_URL); skip without it, or fail with
-    INFERENCE_REQUIRE_SERVICE=1."""
+    """The model of the tight app (TIGHT_BASE_URL), once ready; skip without the app, or fail with
+    INFERENCE_REQUIRE_SERVICE=1. A model that is still (re)starting, after an earlier destructive
+    test say, is waited for up to MODEL_LOAD_TIMEOUT."""
     ensure_service()
     reason = probe(TIGHT_BASE_URL, [("/health", {})])
     if reason is None:
         with httpx.Client(base_url=TIGHT_BASE_URL, headers=auth_headers(), timeout=http_timeout()) as http:
             response = http.get("/v1/models")
-        ready = [c["id"] for c in response.json().get("data", []) if c.get("status") == "ready"]
-        if response.status_code == 200 and ready:
-            return ready[0]
-        reason = f"GET /v1/models answered {response.status_code} with ready models {ready}"
+            cards = response.json().get("data", []) if response.status_code == 200 else []
+            if cards:
+                return str(ensure_model_ready(cards[0]["id"], TIGHT_BASE_URL)["id"])
+        reason = f"GET /v1/models answered {response.status_code} with models {cards}"
     message = (
         f"No tight-queue app at {TIGHT_BASE_URL} ({reason}); deploy tests/serve_config.test.yaml or set "
         "INFERENCE_TIGHT_BASE_URL"
