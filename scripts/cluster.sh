@@ -80,9 +80,32 @@ deploy() {
   echo "==> ready after $((SECONDS - started)) s on http://127.0.0.1:$PORT"
 }
 
+# Every process descended from this machine's Ray node (its raylet and GCS): the Serve replicas and
+# the vLLM engine processes they started. `ray stop --force` kills Ray's own processes by name, but a
+# vLLM EngineCore/Worker is a child of a replica under its own title: killed replicas leave them
+# running, orphaned, with their memory (1-2 GB each on the CPU profile), until the machine runs out.
+cluster_pids() {
+  local roots
+  roots=$(pgrep -x raylet; pgrep -x gcs_server) || true
+  [ -n "$roots" ] || return 0
+  ps -eo pid=,ppid= | awk -v roots="$roots" '
+    BEGIN { n = split(roots, r, /[ \n]+/); for (i = 1; i <= n; i++) if (r[i] != "") keep[r[i]] = 1 }
+    { parent[$1] = $2 }
+    END {
+      do { grew = 0
+        for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; grew = 1 }
+      } while (grew)
+      for (p in keep) print p
+    }'
+}
+
 stop() {
+  local pids
+  pids=$(cluster_pids)
   serve shutdown -y >/dev/null 2>&1 || true
   ray stop --force >/dev/null 2>&1 || true
+  # What `ray stop` left of the cluster's process trees (orphaned vLLM engines), by pid.
+  [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
 }
 
 case "${1:-}" in
