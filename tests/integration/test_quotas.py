@@ -47,6 +47,8 @@ REQUEST_HEADERS = (
 TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
 RESET = re.compile(r"^(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
 MESSAGES: Any = [{"role": "user", "content": "Say hi."}]
+# How long the concurrency slot of a finished stream may take to come back.
+SLOT_RELEASE_TIMEOUT_S = 10.0
 
 
 def _keys() -> dict[str, dict[str, Any]]:
@@ -211,7 +213,17 @@ async def test_concurrency_limit_trips_and_frees(keys: dict[str, dict[str, Any]]
         assert "concurrent" in refused.value.message
         async for _ in lines:
             pass
-    raw = await chat(client)  # the slot was given back
+    # The slot is given back when the server finishes the response, a moment after the client has
+    # read its last bytes: wait for it (bounded), then it must be free.
+    deadline = time.monotonic() + SLOT_RELEASE_TIMEOUT_S
+    while True:
+        try:
+            raw = await chat(client)
+            break
+        except openai.RateLimitError as exc:
+            if "concurrent" not in exc.message or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
     assert raw.http_response.status_code == 200
     await client.close()
 
