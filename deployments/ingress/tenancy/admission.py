@@ -50,17 +50,29 @@ class PriorityGate:
             self.in_use += 1
             return
         if self.max_waiting is not None and self.waiting >= self.max_waiting:
-            error = Overloaded("The model's queue is full; retry after a short wait.")
-            error.retry_after_s = self.retry_after_s
-            raise error
+            # A full queue turns away its worst tier: a waiter of a worse tier than this request
+            # gives up its place (the lower tiers absorb the overload), else this request is refused.
+            worst = max((w for w in self._waiting if not w[2].done()), key=lambda w: (w[0], w[1]))
+            if worst[0] <= priority:
+                raise self._overloaded()
+            worst[2].set_exception(self._overloaded())
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (priority, next(self._order), future))
         try:
             await future
+        except Overloaded:
+            self._waiting = [w for w in self._waiting if w[2] is not future]
+            heapq.heapify(self._waiting)
+            raise
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release()  # the slot was handed over just as the waiter gave up
             raise
+
+    def _overloaded(self) -> Overloaded:
+        error = Overloaded("The model's queue is full; retry after a short wait.")
+        error.retry_after_s = self.retry_after_s
+        return error
 
     def release(self) -> None:
         self.in_use -= 1

@@ -97,3 +97,24 @@ async def test_reserved_slots_stay_free_for_the_high_tier() -> None:
 def test_reserving_every_slot_is_refused() -> None:
     with pytest.raises(ValueError, match="reserved"):
         PriorityGate(slots=2, max_waiting=None, reserved=2)
+
+
+async def test_a_full_queue_turns_away_its_worst_tier_not_a_better_newcomer() -> None:
+    gate = PriorityGate(slots=1, max_waiting=2)
+    await gate.acquire(1)
+    low = asyncio.create_task(gate.acquire(2))
+    normal = asyncio.create_task(gate.acquire(1))
+    await settle()
+    with pytest.raises(Overloaded):
+        await gate.acquire(2)  # no worse waiter to turn away: the newcomer is refused
+    high = asyncio.create_task(gate.acquire(0))
+    await settle()
+    with pytest.raises(Overloaded):
+        await low  # the low one made room for the high one
+    assert gate.waiting == 2
+    gate.release()
+    await high
+    assert not normal.done()
+    gate.release()
+    await normal
+    assert gate.in_use == 1
