@@ -3,7 +3,9 @@
 The tight app (tests/serve_config.test.yaml) gives its ingress a 45 s graceful budget: the least that
 covers HAProxy's 30 s deregistration window, the 5 s cut margin and 10 s of service. Its args are
 changed and redeployed while two critique pipelines (generator and critic both its llama-3.2-3b,
-5 rounds of 1,500 tokens a step: minutes on these machines) run on it, one streamed and one not.
+5 rounds of 1,400-token drafts: minutes on these machines, waiting for the new model replica
+included) run on it, one streamed and one not. Serve replaces the app's two ingress replicas one
+after the other, so a pipeline's ingress starts stopping up to about 30 s after the deploy.
 Serve replaces every deployment of the app; the old ingress keeps both pipelines until its budget
 is nearly spent, then ends them:
 - the stream with an error event (code `service_restarting`) and `data: [DONE]`, not a TCP cut;
@@ -38,7 +40,9 @@ from .cluster import SERVE_CONFIG, app_config, deploy, wait_ready
 pytestmark = [pytest.mark.slow]
 
 TIGHT_APP = "tight"
-STEP_TOKENS = 1500
+# Long steps, within the tight app's 4096-token context: a revision's prompt holds the draft, which
+# the random-weight model's text re-tokenizes to about 1.6 times its length.
+STEP_TOKENS = 1400
 
 
 def _pipeline(model: str, stream: bool) -> dict[str, Any]:
@@ -99,7 +103,7 @@ async def test_stopping_ingress_ends_open_pipelines_with_an_error(
             assert stream_outcome.error["code"] == "service_restarting", stream_outcome
             assert unary_outcome.kind == REJECTED and unary_outcome.status == 503, unary_outcome
             assert unary_outcome.error and unary_outcome.error["code"] == "service_restarting", unary_outcome
-            assert ended_s < budget + 10, f"ended {ended_s:.1f}s after the deploy: past Ray's force-kill"
+            # Before Ray's force-kill: a kill would have cut the connection instead of the error event.
             # The new ingress serves.
             await wait_ready(http, [model])
         finally:
