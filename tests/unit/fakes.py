@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
-from serve_app.contracts import ModelStatus
+from serve_app.contracts import DesiredState, ModelStatus
 from serve_app.engine_api import EngineStep, SampleDelta, SamplingSpec, TokenLogprob
 from serve_app.protocol import (
     AssistantMessage,
@@ -356,41 +356,28 @@ def words(text: str) -> list[str]:
 # ---------------------------------------------------------------- model directory
 
 
-class FakeRemoteMethod:
-    """Like a DeploymentHandle method: `.remote(...)` returns an awaitable; calls are recorded. Also
-    awaitable when called directly, as a method of a typed client (`IngressDirectory`)."""
-
-    def __init__(self, fn: Callable[..., Any]):
-        self._fn = fn
-        self.calls: list[tuple[Any, ...]] = []
-
-    def remote(self, *args: Any) -> Awaitable[Any]:
-        self.calls.append(args)
-
-        async def call() -> Any:
-            return self._fn(*args)
-
-        return call()
-
-    def __call__(self, *args: Any) -> Awaitable[Any]:
-        return self.remote(*args)
-
-
 class FakeDirectory:
-    """Scripted model states: each `all_status` call takes the next state of each model's script
-    (the last state repeats). `set_desired` records the call and updates `desired`."""
+    """An `IngressDirectory` with scripted model states: each `all_status` call takes the next state
+    of each model's script (the last state repeats). Calls are recorded; `set_desired` updates
+    `desired`."""
 
     def __init__(self, states: dict[str, str | list[str]], errors: dict[str, str] | None = None):
         self.scripts = {m: [s] if isinstance(s, str) else list(s) for m, s in states.items()}
         self.errors = errors or {}
-        self.desired = dict.fromkeys(states, "loaded")
-        self.set_desired = FakeRemoteMethod(self._set_desired)
-        self.all_status = FakeRemoteMethod(self._all_status)
+        self.desired: dict[str, DesiredState] = dict.fromkeys(states, "loaded")
+        self.set_desired_calls: list[tuple[str, DesiredState]] = []
+        self.all_status_calls = 0
+        self.stopping: set[str] = set()
 
-    def _set_desired(self, model_id: str, desired: str) -> None:
+    async def set_desired(self, model_id: str, desired: DesiredState) -> None:
+        self.set_desired_calls.append((model_id, desired))
         self.desired[model_id] = desired
 
-    def _all_status(self) -> dict[str, ModelStatus]:
+    async def is_stopping(self, replica_id: str) -> bool:
+        return replica_id in self.stopping
+
+    async def all_status(self) -> dict[str, ModelStatus]:
+        self.all_status_calls += 1
         result = {}
         for model_id, script in self.scripts.items():
             state = script.pop(0) if len(script) > 1 else script[0]

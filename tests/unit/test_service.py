@@ -37,7 +37,7 @@ def make_service(
     clients = clients or {m: FakeModelClient(m) for m in preset.models}
     directory = FakeDirectory(states or dict.fromkeys(preset.models, "ready"))
     metrics = FakeMetrics()
-    service = RequestDispatcher(AppArgs(**args), catalog, preset, fits, clients, directory, metrics)  # type: ignore[arg-type]
+    service = RequestDispatcher(AppArgs(**args), catalog, preset, fits, clients, directory, metrics)
     return service, directory, clients, metrics
 
 
@@ -259,8 +259,8 @@ async def test_load_waits_until_ready(d4, fast_polling: None) -> None:
     service, directory, _, _ = d4(states={GEN: ["unloaded", "loading", "loading", "ready"], CRITIC: "ready"})
     result = await service.load(GEN, wait_s=5)
     assert result.done is True and result.card.status == "ready" and result.card.id == GEN
-    assert directory.set_desired.calls == [(GEN, "loaded")]
-    assert len(directory.all_status.calls) == 4
+    assert directory.set_desired_calls == [(GEN, "loaded")]
+    assert directory.all_status_calls == 4
 
 
 async def test_load_that_outlasts_the_wait_is_not_done(d4, fast_polling: None) -> None:
@@ -274,7 +274,7 @@ async def test_failed_load_is_a_503_with_the_replica_error(
 ) -> None:
     clients = {m: FakeModelClient(m) for m in d4_preset.models}
     directory = FakeDirectory({GEN: "failed", CRITIC: "ready"}, errors={GEN: "engine failed to start: OOM"})
-    service = RequestDispatcher(AppArgs(), catalog, d4_preset, d4_fits, clients, directory)  # type: ignore[arg-type]
+    service = RequestDispatcher(AppArgs(), catalog, d4_preset, d4_fits, clients, directory)
     with pytest.raises(ServiceUnavailable) as caught:
         await service.load(GEN, wait_s=5)
     assert caught.value.code == "model_load_failed" and "OOM" in caught.value.message
@@ -284,14 +284,14 @@ async def test_unload_waits_until_unloaded(d4, fast_polling: None) -> None:
     service, directory, _, _ = d4(states={GEN: ["unloading", "unloaded"], CRITIC: "ready"})
     result = await service.unload(GEN, wait_s=5)
     assert result.done is True and result.card.status == "unloaded"
-    assert directory.set_desired.calls == [(GEN, "unloaded")]
+    assert directory.set_desired_calls == [(GEN, "unloaded")]
 
 
 async def test_load_of_an_unknown_model_changes_nothing(d4) -> None:
     service, directory, _, _ = d4()
     with pytest.raises(ModelNotFound):
         await service.load("gpt-4o", wait_s=1)
-    assert directory.set_desired.calls == []
+    assert directory.set_desired_calls == []
 
 
 async def test_list_models_reports_preset_roles_and_state(d4) -> None:
@@ -317,7 +317,7 @@ async def test_model_status_is_cached_briefly(d4) -> None:
     await service.list_models()
     await service.get_model(GEN)
     await service.list_models()
-    assert len(directory.all_status.calls) == 1
+    assert directory.all_status_calls == 1
 
 
 async def test_readiness(d4) -> None:
@@ -353,7 +353,7 @@ async def test_load_and_unload_routes_poll_the_directory(d4, fast_polling: None)
         assert done.status_code == 200 and done.json()["status"] == "unloaded"
         missing = await client.post("/v1/models/gpt-4o/load")
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
-    assert directory.set_desired.calls == [(GEN, "loaded"), (CRITIC, "unloaded")]
+    assert directory.set_desired_calls == [(GEN, "loaded"), (CRITIC, "unloaded")]
 
 
 async def test_stale_model_status_is_served_while_it_refreshes(d4, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -364,7 +364,7 @@ async def test_stale_model_status_is_served_while_it_refreshes(d4, monkeypatch: 
     assert (await service.get_model(GEN)).status == "ready"
     assert (await service.get_model(GEN)).status == "ready"
     await asyncio.sleep(0.01)
-    assert len(directory.all_status.calls) == 2
+    assert directory.all_status_calls == 2
     assert (await service.get_model(GEN)).status == "unloaded"
 
 
@@ -373,4 +373,4 @@ async def test_too_old_model_status_is_waited_for(d4, monkeypatch: pytest.Monkey
     await service.get_model(GEN)
     monkeypatch.setattr(service_module, "STATUS_STALE_MAX_S", 0.0)
     assert (await service.get_model(GEN)).status == "unloaded"
-    assert len(directory.all_status.calls) == 2
+    assert directory.all_status_calls == 2
