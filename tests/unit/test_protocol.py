@@ -1,4 +1,4 @@
-"""serve_app/protocol.py: request validation, and each rejection as an OpenAI 400 naming its param."""
+"""serve_app/protocol/: request validation, and each rejection as an OpenAI 400 naming its param."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ outputs enforce it."""
 
 from __future__ import annotations
 
-from serve_app.protocol import ChatMessage, ToolCall
+from serve_app.protocol import ChatMessage
+from serve_app.tools import ToolCall
 
 CRITIC_SYSTEM = (
     "You are a rigorous reviewer. Judge whether the draft answer fully and correctly solves the task. "

@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from serve_app.engine_api import CallChunk, ToolCallParser
-from serve_app.protocol import ToolCall, ToolCallDelta
 from serve_app.tools import (
     FunctionCall,
     FunctionCallDelta,
     NamedToolChoice,
+    ToolCall,
+    ToolCallDelta,
     ToolChoice,
     escape_control_characters,
     forced_calls,
