@@ -210,6 +210,17 @@ class ModelReplica:
             sleep=self.sleep,
         )
 
+    async def stop(self) -> None:
+        """The replica's end (Ray calls `__del__` once its drain is over). A request Serve routed here
+        while the drain was ending may still be open: end it with `model_restarting` (its caller,
+        a pipeline say, tries again elsewhere) rather than kill the engine under it."""
+        self.stopping = True
+        if self.inflight and self.state == "ready":
+            await self.cut(
+                restarting(f"replica of model {self.model_id} is shutting down", "model_restarting")
+            )
+        await self.engine.shutdown()
+
     async def check_health(self) -> None:
         # An engine that died on its own (not unloaded by us) makes Ray replace this replica.
         if self.state == "ready" and not self.engine.is_running():

@@ -69,7 +69,7 @@ class ModelServer:
     async def __del__(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await self.replica.engine.shutdown()
+        await self.replica.stop()
 
     # ------------------------------------------------------------------ requests
 

@@ -83,6 +83,19 @@ class FinalDelta:
 Event = StepStarted | StepFinished | FinalDelta
 
 
+# A step whose model call fails because its replica was going away (and that sent the caller
+# nothing) is tried again this many times, on whichever replica Serve routes it to.
+STEP_RETRIES = 2
+STEP_RETRY_PAUSE_S = 1.0
+RESTART_CODES = frozenset({"model_restarting", "engine_dead", "replica_died", "request_aborted"})
+
+
+def _restart_class(exc: BaseException, request_id: str) -> bool:
+    if isinstance(exc, TimeoutError):
+        return False
+    return to_service_error(exc, request_id=request_id).code in RESTART_CODES
+
+
 class Pipeline:
     mode = "single"
 
@@ -159,45 +172,53 @@ class Pipeline:
         `contract`: the step answers under the caller's tools and response_format (a final answer).
         `request`: the step's own request instead (a critic's or judge's structured decision)."""
         yield StepStarted(role, client.model_id, round_)
-        sub_id = f"{self.request_id}-{next(self._call_numbers)}"
         started = time.perf_counter()
         # The deadline covers waiting on the model only, never the time our consumer spends
         # between chunks: a slow client must not turn into a step timeout.
         deadline = asyncio.get_running_loop().time() + self.step_timeout_s
-        content, reasoning, finish, usage = "", "", None, Usage()
-        calls = CallAssembler()
-        tool_calls = None
-        try:
-            if stream:
-                step_request = request or self.step_request(client, messages, True, contract)
-                chunks = aiter(client.chat_chunks(step_request, sub_id))
-                while True:
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        break
-                    usage = chunk.usage or usage
-                    for choice in chunk.choices:
-                        finish = choice.finish_reason or finish
-                        delta = choice.delta
-                        content += delta.content or ""
-                        reasoning += delta.reasoning_content or ""
-                        for call in delta.tool_calls or []:
-                            calls.add(call)
-                        if delta.content or delta.reasoning_content or delta.tool_calls:
-                            yield FinalDelta(delta.content, delta.reasoning_content, delta.tool_calls)
-                tool_calls = calls.calls()
-            else:
-                step_request = request or self.step_request(client, messages, False, contract)
-                async with asyncio.timeout_at(deadline):
-                    response = await client.chat(step_request, sub_id)
-                message = response.choices[0].message
-                content, reasoning = message.content or "", message.reasoning_content or ""
-                finish, usage = response.choices[0].finish_reason, response.usage
-                tool_calls = message.tool_calls
-        except Exception as exc:
-            raise self._fail(exc, role, client.model_id, round_) from None
+        for attempt in itertools.count():
+            sub_id = f"{self.request_id}-{next(self._call_numbers)}"
+            content, reasoning, finish, usage = "", "", None, Usage()
+            calls = CallAssembler()
+            tool_calls = None
+            sent = False  # whether a delta of this step reached the caller
+            try:
+                if stream:
+                    step_request = request or self.step_request(client, messages, True, contract)
+                    chunks = aiter(client.chat_chunks(step_request, sub_id))
+                    while True:
+                        try:
+                            async with asyncio.timeout_at(deadline):
+                                chunk = await anext(chunks)
+                        except StopAsyncIteration:
+                            break
+                        usage = chunk.usage or usage
+                        for choice in chunk.choices:
+                            finish = choice.finish_reason or finish
+                            delta = choice.delta
+                            content += delta.content or ""
+                            reasoning += delta.reasoning_content or ""
+                            for call in delta.tool_calls or []:
+                                calls.add(call)
+                            if delta.content or delta.reasoning_content or delta.tool_calls:
+                                sent = True
+                                yield FinalDelta(delta.content, delta.reasoning_content, delta.tool_calls)
+                    tool_calls = calls.calls()
+                else:
+                    step_request = request or self.step_request(client, messages, False, contract)
+                    async with asyncio.timeout_at(deadline):
+                        response = await client.chat(step_request, sub_id)
+                    message = response.choices[0].message
+                    content, reasoning = message.content or "", message.reasoning_content or ""
+                    finish, usage = response.choices[0].finish_reason, response.usage
+                    tool_calls = message.tool_calls
+                break
+            except Exception as exc:
+                if sent or attempt >= STEP_RETRIES or not _restart_class(exc, self.request_id):
+                    raise self._fail(exc, role, client.model_id, round_) from None
+                # The step's replica was stopping (a redeploy, a scale-down) or its engine died, and
+                # nothing of it reached the caller: the same step again goes to a live replica.
+                await asyncio.sleep(STEP_RETRY_PAUSE_S)
         step = OrchestrationStep(
             role=role,
             model=client.model_id,

@@ -404,3 +404,18 @@ async def test_reconcile_keeps_reporting_while_an_unload_drains() -> None:
     reconciler.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reconciler
+
+
+async def test_stop_ends_a_late_request_with_model_restarting_not_a_dead_engine() -> None:
+    # Serve may route a request here just before the replica stops; __del__ (stop) must end it as a
+    # clean, retryable restart, then shut the engine down.
+    engine = FakeEngine(pause_after=1)
+    replica = make_replica(engine)
+    await replica.start()
+    stream, _ = await open_paused_stream(replica, engine)
+    await replica.stop()
+    with pytest.raises(ServiceUnavailable) as ended:
+        await stream
+    assert ended.value.code == "model_restarting"
+    assert engine.aborted_all == 1 and engine.shutdowns == 1
+    assert admission_error(replica).code == "model_restarting"

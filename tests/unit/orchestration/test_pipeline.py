@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from deployments.ingress.orchestration import pipeline as pipeline_module
 from deployments.ingress.orchestration.pipeline import (
     CritiquePipeline,
     EnsemblePipeline,
@@ -17,7 +18,7 @@ from deployments.ingress.orchestration.pipeline import (
     StepStarted,
 )
 from deployments.ingress.orchestration.verdict import VERDICT_MAX_TOKENS, pick_schema, verdict_schema
-from serve_app.errors import ContextLengthExceeded, ServiceError, UpstreamTimeout
+from serve_app.errors import ContextLengthExceeded, ServiceError, UpstreamTimeout, restarting
 from serve_app.protocol import ChatCompletionRequest, ChatMessage, Usage
 
 from ..fakes import FakeModelClient, Reply
@@ -440,3 +441,36 @@ async def test_ensemble_candidates_get_distinct_sub_request_ids() -> None:
     await run(ensemble([same, same], FakeModelClient(JUDGE, [Reply('{"winner":2,"reason":"x"}')])))
     ids = [request_id for _, request_id in same.requests]
     assert len(ids) == 2 and len(set(ids)) == 2, ids
+
+
+async def test_a_step_whose_replica_was_stopping_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline_module, "STEP_RETRY_PAUSE_S", 0.0)
+    failures: list[ServiceError] = [restarting("the replica of a model is shutting down", "model_restarting")]
+
+    async def fail_once() -> None:
+        if failures:
+            raise failures.pop()
+
+    generator = FakeModelClient(GEN, [Reply("d0")])
+    critic = FakeModelClient(CRITIC, [Reply(APPROVED)], before=fail_once)
+    pipeline = critique(generator, critic, rounds=1)
+    await run(pipeline)
+    assert [s.role for s in pipeline.steps] == ["generator", "critic"]
+    assert pipeline.stop_reason == "approved"
+    first, second = (request_id for _, request_id in critic.requests)
+    assert first != second, "the retry is a new model call"
+
+
+async def test_a_step_is_not_tried_again_for_a_client_error_or_past_its_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline_module, "STEP_RETRY_PAUSE_S", 0.0)
+    rejected = FakeModelClient(GEN, error=ContextLengthExceeded("too long", param="max_tokens"))
+    with pytest.raises(ContextLengthExceeded):
+        await run(critique(rejected, FakeModelClient(CRITIC)))
+    assert len(rejected.requests) == 1
+    restarting_forever = FakeModelClient(GEN, error=restarting("going away", "model_restarting"))
+    with pytest.raises(ServiceError) as caught:
+        await run(critique(restarting_forever, FakeModelClient(CRITIC)))
+    assert caught.value.code == "model_restarting"
+    assert len(restarting_forever.requests) == 1 + pipeline_module.STEP_RETRIES
