@@ -7,6 +7,7 @@ untouched and a client disconnect reaches the model call as a cancellation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -26,6 +27,7 @@ from serve_app.errors import (
     ServiceError,
     Unauthorized,
     log_internal,
+    restarting,
     to_service_error,
 )
 from serve_app.metrics import NoMetrics, NoTenantMetrics, RequestMetrics, TenantMetrics
@@ -208,6 +210,12 @@ class HttpGuard:
                 token = current_admission.set(admission) if admission is not None else None
                 try:
                     await self._until_cut(scope, self._limited(receive), send_with_id, lambda: status != 0)
+                except asyncio.CancelledError:
+                    # Ray is ending this replica's HTTP server under the request (its shutdown ran out
+                    # of grace): answer if nothing was sent yet, or uvicorn sends a plain-text 500.
+                    if status == 0:
+                        await _answer_while_cancelled(scope, send_with_id)
+                    raise
                 finally:
                     if token is not None:
                         current_admission.reset(token)
@@ -232,6 +240,9 @@ class HttpGuard:
         cut = asyncio.ensure_future(self.inflight.wait_cut())
         try:
             await asyncio.wait({app, cut}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            app.cancel()  # the request itself is being cancelled: so is the work behind it
+            raise
         finally:
             cut.cancel()
         if app.done() or responding():
@@ -271,6 +282,13 @@ class HttpGuard:
         if principal is not None:
             code = state.get("stream_error") or (state.get("error_code") if status >= 400 else None)
             self.tenant_metrics.request(principal.tenant, status, code)
+
+
+async def _answer_while_cancelled(scope: Scope, send: Send) -> None:
+    error = restarting("the service's ingress replica is shutting down", "service_restarting")
+    note_error(scope, error)
+    with contextlib.suppress(Exception):
+        await send_error(send, error)
 
 
 async def send_error(send: Send, error: ServiceError) -> None:
