@@ -40,6 +40,11 @@ from .cluster import SERVE_CONFIG, app_config, deploy, wait_ready
 pytestmark = [pytest.mark.slow]
 
 TIGHT_APP = "tight"
+# The ingress's cut (service_restarting) is what this test is after. A pipeline step can also meet
+# its model replica's end first (engine_dead or model_restarting: a request Serve routed to the
+# stopping replica late, seen in CI-speed runs), which is a clean end too; a cut connection, an
+# incomplete stream or any other error is not.
+CLEAN_ENDS = {"service_restarting", "model_restarting", "engine_dead"}
 # Long steps, within the tight app's 4096-token context: a revision's prompt holds the draft, which
 # the random-weight model's text re-tokenizes to about 1.6 times its length.
 STEP_TOKENS = 1400
@@ -100,9 +105,9 @@ async def test_stopping_ingress_ends_open_pipelines_with_an_error(
                 f"the stream must end with an error event and [DONE]: {stream_outcome}"
             )
             assert stream_outcome.error, stream_outcome
-            assert stream_outcome.error["code"] == "service_restarting", stream_outcome
+            assert stream_outcome.error["code"] in CLEAN_ENDS, stream_outcome
             assert unary_outcome.kind == REJECTED and unary_outcome.status == 503, unary_outcome
-            assert unary_outcome.error and unary_outcome.error["code"] == "service_restarting", unary_outcome
+            assert unary_outcome.error and unary_outcome.error["code"] in CLEAN_ENDS, unary_outcome
             # Before Ray's force-kill: a kill would have cut the connection instead of the error event.
             # The new ingress serves.
             await wait_ready(http, [model])
