@@ -22,6 +22,12 @@ from serve_app.protocol import ModelState
 REPORT_TTL_S = 15.0
 # How often the directory reads replica states from Serve's controller (one call per application).
 STOPPING_POLL_S = 1.0
+# An answer older than this is read again before it is given (a directory that just started).
+STOPPING_STALE_S = 2 * STOPPING_POLL_S
+# How long a replica waits for the directory's answer before asking the controller itself: the
+# directory is replaced by the same redeploy that stops the replica asking (Serve gives every
+# deployment of an application whose args changed a new version), and a late answer eats the margin.
+DIRECTORY_ANSWER_S = 1.0
 
 logger = logging.getLogger("ray.serve")
 
@@ -102,20 +108,45 @@ class StoppingReplicas:
     Serve has no hook at the start of a replica's graceful stop, so replicas ask here (through
     `ModelDirectory.is_stopping`), and one poll of the controller serves them all."""
 
-    def __init__(self, read_details: Callable[[], Awaitable[dict[str, Any]]], app_name: str):
+    def __init__(
+        self,
+        read_details: Callable[[], Awaitable[dict[str, Any]]],
+        app_name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._read = read_details
         self._app = app_name
+        self._clock = clock
         self.ids: set[str] = set()
+        self.read_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._refreshing = asyncio.Lock()
 
     def ensure_polling(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._poll_forever())
 
+    async def current(self) -> set[str]:
+        """The stopping replicas, never from a read older than `STOPPING_STALE_S` when one can be
+        made: the first question to a new directory is answered from a fresh read, not an empty set."""
+        self.ensure_polling()
+        if self._stale():
+            async with self._refreshing:
+                if self._stale():
+                    await self._refresh()
+        return self.ids
+
+    def _stale(self) -> bool:
+        return self.read_at is None or self._clock() - self.read_at > STOPPING_STALE_S
+
+    async def _refresh(self) -> None:
+        self.ids = stopping_replica_ids(await self._read(), self._app)
+        self.read_at = self._clock()
+
     async def _poll_forever(self) -> None:
         while True:
             try:
-                self.ids = stopping_replica_ids(await self._read(), self._app)
+                await self._refresh()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -140,8 +171,7 @@ class ModelDirectory:
         self._stopping = StoppingReplicas(read_serve_details, serve.get_replica_context().app_name)
 
     async def is_stopping(self, replica_id: str) -> bool:
-        self._stopping.ensure_polling()
-        return replica_id in self._stopping.ids
+        return replica_id in await self._stopping.current()
 
     def set_desired(self, model_id: str, desired: DesiredState) -> None:
         self._state.set_desired(model_id, desired)
@@ -161,10 +191,23 @@ class ModelDirectory:
 
 class HandleDirectoryClient:
     """The ModelDirectory deployment through its handle: both the ingress's and a model
-    replica's view of it (`IngressDirectory`, `ReplicaDirectory`)."""
+    replica's view of it (`IngressDirectory`, `ReplicaDirectory`).
 
-    def __init__(self, handle: Any):
+    `is_stopping` falls back to reading the controller itself when the directory does not answer
+    within `DIRECTORY_ANSWER_S` (it is being replaced, or is down): a replica must learn of its own
+    stop in time to end its requests before Ray's kill."""
+
+    def __init__(
+        self,
+        handle: Any,
+        app_name: str = "",
+        read_details: Callable[[], Awaitable[dict[str, Any]]] = read_serve_details,
+        answer_timeout_s: float = DIRECTORY_ANSWER_S,
+    ):
         self.handle = handle
+        self._app = app_name
+        self._read = read_details
+        self._answer_timeout_s = answer_timeout_s
 
     async def report(
         self, model_id: str, replica_id: str, state: ModelState, error: str | None
@@ -172,7 +215,16 @@ class HandleDirectoryClient:
         return await self.handle.report.remote(model_id, replica_id, state, error)
 
     async def is_stopping(self, replica_id: str) -> bool:
-        return await self.handle.is_stopping.remote(replica_id)
+        async def ask_directory() -> bool:
+            return await self.handle.is_stopping.remote(replica_id)
+
+        try:
+            return await asyncio.wait_for(ask_directory(), self._answer_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # TimeoutError included: the directory is restarting
+            logger.info("the ModelDirectory did not answer (%r); asking Serve's controller", exc)
+        return replica_id in stopping_replica_ids(await self._read(), self._app)
 
     async def all_status(self) -> dict[str, ModelStatus]:
         return await self.handle.all_status.remote()

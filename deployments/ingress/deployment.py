@@ -57,7 +57,7 @@ class Ingress:
     ):
         # Every model call is charged to the caller's key, and tenants wait by tier at the model's
         # gate (deployments/ingress/tenancy/metering.py, admission.py).
-        directory = HandleDirectoryClient(directory_handle)
+        directory = HandleDirectoryClient(directory_handle, serve.get_replica_context().app_name)
         clients: dict[str, HandleModelClient] = {
             model_id: MeteredModelClient(
                 model_id, h, tier_gate(args.serving_overrides.get(model_id, catalog.get(model_id).serving))

@@ -52,7 +52,7 @@ class ModelServer:
             serve.get_replica_context().replica_id.unique_id,
             engine_cls(engine_config),
             limits,
-            HandleDirectoryClient(directory),
+            HandleDirectoryClient(directory, serve.get_replica_context().app_name),
             budgets,
             RayEngineMetrics(),
             start_timeout_s=start_timeout_s,

@@ -169,3 +169,60 @@ async def test_stopping_replicas_poll_survives_a_failed_read(monkeypatch: pytest
     assert stopping.ids == {"r1"}
     assert stopping._task is not None
     stopping._task.cancel()
+
+
+async def test_a_new_directory_answers_from_a_fresh_read_not_an_empty_set() -> None:
+    reads = 0
+
+    async def fake_read() -> dict[str, object]:
+        nonlocal reads
+        reads += 1
+        return _details("app", {"r1": "STOPPING"})
+
+    stopping = model_directory.StoppingReplicas(fake_read, "app")
+    try:
+        assert await stopping.current() == {"r1"}
+        assert reads >= 1
+        assert stopping.read_at is not None
+    finally:
+        assert stopping._task is not None
+        stopping._task.cancel()
+
+
+def _fake_directory_handle(answer: object) -> SimpleNamespace:
+    """A fake of the ModelDirectory's handle whose `is_stopping` answers `answer`: a bool, an
+    exception to raise, or None to never answer."""
+
+    async def is_stopping(replica_id: str) -> bool:
+        if answer is None:
+            await asyncio.Event().wait()
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, bool)
+        return answer
+
+    return SimpleNamespace(is_stopping=SimpleNamespace(remote=is_stopping))
+
+
+@pytest.mark.parametrize("directory_answer", [None, RuntimeError("directory replica stopping")])
+async def test_a_replica_asks_the_controller_when_the_directory_does_not_answer(
+    directory_answer: object,
+) -> None:
+    async def fake_read() -> dict[str, object]:
+        return _details("app", {"r1": "STOPPING", "r2": "RUNNING"})
+
+    client = model_directory.HandleDirectoryClient(
+        _fake_directory_handle(directory_answer), "app", read_details=fake_read, answer_timeout_s=0.01
+    )
+    assert await client.is_stopping("r1") is True
+    assert await client.is_stopping("r2") is False
+
+
+async def test_a_replica_takes_the_directorys_answer_when_it_comes() -> None:
+    async def fake_read() -> dict[str, object]:
+        raise AssertionError("the controller is not asked when the directory answers")
+
+    client = model_directory.HandleDirectoryClient(
+        _fake_directory_handle(False), "app", read_details=fake_read, answer_timeout_s=5
+    )
+    assert await client.is_stopping("r1") is False
