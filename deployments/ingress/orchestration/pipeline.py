@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -83,17 +84,14 @@ class FinalDelta:
 Event = StepStarted | StepFinished | FinalDelta
 
 
+logger = logging.getLogger("ray.serve")
+
 # A step whose model call fails because its replica was going away (and that sent the caller
-# nothing) is tried again this many times, on whichever replica Serve routes it to.
-STEP_RETRIES = 2
-STEP_RETRY_PAUSE_S = 1.0
+# nothing) is tried again after each of these pauses, on whichever replica Serve routes it to, within
+# the step's deadline. They add up to about the time a model replica replaced by a redeploy needs to
+# serve again on a CPU node, so that a redeploy does not fail the pipelines running through it.
+STEP_RETRY_PAUSES_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 RESTART_CODES = frozenset({"model_restarting", "engine_dead", "replica_died", "request_aborted"})
-
-
-def _restart_class(exc: BaseException, request_id: str) -> bool:
-    if isinstance(exc, TimeoutError):
-        return False
-    return to_service_error(exc, request_id=request_id).code in RESTART_CODES
 
 
 class Pipeline:
@@ -146,12 +144,13 @@ class Pipeline:
             **inherited,
         )
 
-    def _fail(self, exc: BaseException, role: str, model: str, round_: int) -> ServiceError:
-        error = (
-            UpstreamTimeout(f"timed out after {self.step_timeout_s:g}s")
-            if isinstance(exc, TimeoutError)
-            else to_service_error(exc, request_id=self.request_id)
-        )
+    def _step_error(self, exc: BaseException) -> ServiceError:
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(f"timed out after {self.step_timeout_s:g}s")
+        return to_service_error(exc, request_id=self.request_id)
+
+    @staticmethod
+    def _fail(error: ServiceError, role: str, model: str, round_: int) -> ServiceError:
         error.message = f"The {role} step (round {round_}, model {model}) failed: {error.message}"
         error.args = (error.message,)
         return error
@@ -214,11 +213,26 @@ class Pipeline:
                     tool_calls = message.tool_calls
                 break
             except Exception as exc:
-                if sent or attempt >= STEP_RETRIES or not _restart_class(exc, self.request_id):
-                    raise self._fail(exc, role, client.model_id, round_) from None
+                error = self._step_error(exc)
+                pause = STEP_RETRY_PAUSES_S[attempt] if attempt < len(STEP_RETRY_PAUSES_S) else None
+                loop_time = asyncio.get_running_loop().time()
+                if (
+                    sent
+                    or error.code not in RESTART_CODES
+                    or pause is None
+                    or loop_time + pause >= deadline
+                ):
+                    raise self._fail(error, role, client.model_id, round_) from None
                 # The step's replica was stopping (a redeploy, a scale-down) or its engine died, and
                 # nothing of it reached the caller: the same step again goes to a live replica.
-                await asyncio.sleep(STEP_RETRY_PAUSE_S)
+                logger.info(
+                    "request %s: %s step got %s; trying again in %g s",
+                    self.request_id,
+                    role,
+                    error.code,
+                    pause,
+                )
+                await asyncio.sleep(pause)
         step = OrchestrationStep(
             role=role,
             model=client.model_id,

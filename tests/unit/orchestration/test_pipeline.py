@@ -444,7 +444,7 @@ async def test_ensemble_candidates_get_distinct_sub_request_ids() -> None:
 
 
 async def test_a_step_whose_replica_was_stopping_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline_module, "STEP_RETRY_PAUSE_S", 0.0)
+    monkeypatch.setattr(pipeline_module, "STEP_RETRY_PAUSES_S", (0.0, 0.0))
     failures: list[ServiceError] = [restarting("the replica of a model is shutting down", "model_restarting")]
 
     async def fail_once() -> None:
@@ -464,7 +464,7 @@ async def test_a_step_whose_replica_was_stopping_is_tried_again(monkeypatch: pyt
 async def test_a_step_is_not_tried_again_for_a_client_error_or_past_its_retries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(pipeline_module, "STEP_RETRY_PAUSE_S", 0.0)
+    monkeypatch.setattr(pipeline_module, "STEP_RETRY_PAUSES_S", (0.0, 0.0))
     rejected = FakeModelClient(GEN, error=ContextLengthExceeded("too long", param="max_tokens"))
     with pytest.raises(ContextLengthExceeded):
         await run(critique(rejected, FakeModelClient(CRITIC)))
@@ -473,4 +473,15 @@ async def test_a_step_is_not_tried_again_for_a_client_error_or_past_its_retries(
     with pytest.raises(ServiceError) as caught:
         await run(critique(restarting_forever, FakeModelClient(CRITIC)))
     assert caught.value.code == "model_restarting"
-    assert len(restarting_forever.requests) == 1 + pipeline_module.STEP_RETRIES
+    assert len(restarting_forever.requests) == 1 + len(pipeline_module.STEP_RETRY_PAUSES_S)
+    assert caught.value.message.count("step (round") == 1, caught.value.message
+
+
+async def test_a_step_is_not_tried_again_past_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pause that would end after the step's deadline is not taken: the step fails now.
+    monkeypatch.setattr(pipeline_module, "STEP_RETRY_PAUSES_S", (3600.0,))
+    restarting_forever = FakeModelClient(GEN, error=restarting("going away", "model_restarting"))
+    with pytest.raises(ServiceError) as caught:
+        await asyncio.wait_for(run(critique(restarting_forever, FakeModelClient(CRITIC))), 5)
+    assert caught.value.code == "model_restarting"
+    assert len(restarting_forever.requests) == 1
