@@ -178,3 +178,16 @@ def test_a_stream_delivered_in_one_burst_is_flagged() -> None:
     row = summarize([streamed, burst], wall_s=1.0)
     assert row["burst_share"] == pytest.approx(0.5)
     assert report.warnings({"systems": {"bare": {"1": row}}})
+
+
+def test_tenancy_figures_read_the_engine_step_from_time_per_output_token() -> None:
+    from bench.tenancy import _ttft
+
+    # First text at +0.1 s, 11 tokens ending at +1.1 s: ten steps of 100 ms after the first token.
+    done = RequestResult(start=0.0, chunk_times=[0.1, 0.6, 1.1], end=1.1, completion_tokens=11)
+    failed = RequestResult(start=0.0, error="http_429")
+    figures = _ttft([done, failed])
+    assert figures["ok"] == 1 and figures["requests"] == 2
+    assert figures["ttft_p50_ms"] == 100.0
+    assert figures["tpot_p50_ms"] == 100.0
+    assert figures["errors"] == {"http_429": 1}
