@@ -17,7 +17,7 @@ import yaml
 
 from deployments.ingress.tenancy.keys import ALLOW_ANONYMOUS_ENV, REQUIRE_API_KEY_ENV
 from k8s.rayservice_schema import INITIALIZING_TIMEOUT_ANNOTATION, RayService
-from k8s.render_inputs import ProjectInfo
+from k8s.render_inputs import HAPROXY_HARD_STOP_AFTER_S, ProjectInfo
 from k8s.sizing import WorkerSizing, size_workers
 from serve_app.config import AppArgs, Catalog, Preset
 
@@ -142,6 +142,7 @@ def _env() -> list[dict[str, Any]]:
         # HAProxy on the Serve port, the ingress replica serving HTTP itself, gRPC between replicas.
         {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
         {"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "1"},
+        {"name": "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S", "value": str(HAPROXY_HARD_STOP_AFTER_S)},
     ]
 
 

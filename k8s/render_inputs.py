@@ -27,6 +27,10 @@ BUILDER_IMPORT_PATH = "deployments.app:build_app"
 # (408/504) rather than the NLB cutting it silently: request_timeout_s is held this far below it.
 NLB_IDLE_TIMEOUT_S = 350
 NLB_TIMEOUT_MARGIN_S = 20
+# HAProxy reloads whenever a replica starts or stops, and its reloaded-out process cuts the
+# connections it still carries this long after (Ray's default, 120 s, is shorter than a request may
+# run). No request outlives the NLB's idle timeout, so that bounds it.
+HAPROXY_HARD_STOP_AFTER_S = NLB_IDLE_TIMEOUT_S
 
 
 class RenderError(ValueError):

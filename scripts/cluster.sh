@@ -33,6 +33,19 @@ export RAY_USAGE_STATS_ENABLED=0
 # set both to 0 for the classic Python proxy.
 export RAY_SERVE_ENABLE_HA_PROXY=${RAY_SERVE_ENABLE_HA_PROXY:-1}
 export RAY_SERVE_THROUGHPUT_OPTIMIZED=${RAY_SERVE_THROUGHPUT_OPTIMIZED:-1}
+# HAProxy reloads whenever a replica starts or stops (a redeploy, an autoscaling step), and its
+# reloaded-out process cuts the connections it still carries `hard-stop-after` later: Ray's default
+# 120 s cut a stream of a half-CPU graceful update at the TCP level. It is held at the config's
+# request_timeout_s (the longest a request may run; 3600 when the config sets none).
+if [ -z "${RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S:-}" ]; then
+  RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S=$(python3 - "$CONFIG" <<'PY'
+import sys, yaml
+timeout = ((yaml.safe_load(open(sys.argv[1])) or {}).get("http_options") or {}).get("request_timeout_s")
+print(int(timeout + 0.999) if timeout else 3600)
+PY
+  )
+fi
+export RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S
 # HAProxy's own stats listener defaults to 9101, Ray's metrics port here.
 export RAY_SERVE_HAPROXY_METRICS_PORT=${RAY_SERVE_HAPROXY_METRICS_PORT:-9102}
 # Ray 2.60 clusters require a token; the head and the serve CLI share one kept in the run dir.
@@ -44,7 +57,8 @@ export RAY_AUTH_TOKEN_PATH="$PWD/$RUN_DIR/ray_auth_token"
 start() {
   if ! ray status >/dev/null 2>&1; then
     echo "==> starting Ray head (metrics on :$METRICS_PORT, dashboard on :8265;" \
-      "HAProxy ingress ${RAY_SERVE_ENABLE_HA_PROXY}, throughput-optimized ${RAY_SERVE_THROUGHPUT_OPTIMIZED})"
+      "HAProxy ingress ${RAY_SERVE_ENABLE_HA_PROXY}, throughput-optimized ${RAY_SERVE_THROUGHPUT_OPTIMIZED}," \
+      "HAProxy hard-stop-after ${RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S} s)"
     ${CLUSTER_CPUSET:+taskset -c "$CLUSTER_CPUSET"} ray start --head --disable-usage-stats --metrics-export-port="$METRICS_PORT" \
       --dashboard-host=127.0.0.1 --include-dashboard=true "${PIN_ARGS[@]}" >"$RUN_DIR/ray-start.log" 2>&1 \
       || { cat "$RUN_DIR/ray-start.log"; exit 1; }

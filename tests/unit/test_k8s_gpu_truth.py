@@ -154,6 +154,18 @@ def test_serve_service_is_tls_on_the_nlb_and_times_out_before_it(preset: str) ->
     assert serve["http_options"]["request_timeout_s"] < render_inputs.NLB_IDLE_TIMEOUT_S
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_haproxy_never_cuts_a_request_serve_still_allows(preset: str) -> None:
+    # HAProxy's reloaded-out process cuts its connections hard-stop-after a reload (every replica
+    # start or stop): that must not come before the longest request Serve lets run.
+    doc = _rayservice(preset)
+    timeout = yaml.safe_load(doc["spec"]["serveConfigV2"])["http_options"]["request_timeout_s"]
+    for name, pod in _pods(doc).items():
+        for container in pod["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert float(env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"]) >= timeout, (name, env)
+
+
 def test_kustomization_replaces_the_certificate_placeholder_in_one_place() -> None:
     (patch,) = yaml.safe_load((K8S / "tls-certificate.patch.yaml").read_text()) and [
         op for op in yaml.safe_load((K8S / "tls-certificate.patch.yaml").read_text())
