@@ -14,9 +14,11 @@ Asserted: streams started before the deploy end with `data: [DONE]` and no error
 sized to fit the budgets even on a machine four times slower than the fastest seen); streams started
 while it runs end the same way, or, when the budget of the replica they reached ran out first (a
 slower machine), with a restart error event (`service_restarting`, `model_restarting`) and
-`data: [DONE]`, never with a cut connection; the new limit is in force afterwards; the service
-answers; exactly the predicted replicas were replaced. The original config is redeployed at the
-end (and checked). Both update times are printed.
+`data: [DONE]`, or a 503 with Retry-After and that code when the stream had not started (it was
+still waiting for a new model replica), never with a cut connection. HAProxy's `hard-stop-after`
+must outlast the streams (scripts/cluster.sh): a reloaded-out HAProxy process cut one at 120 s.
+Then: the new limit is in force; the service answers; exactly the predicted replicas were replaced.
+The original config is redeployed at the end (and checked). Both update times are printed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from integration.support import (
     D4_CRITIC,
     D4_GENERATOR,
     OK,
+    REJECTED,
     STREAM_ERROR,
     Outcome,
     fetch_models,
@@ -63,12 +66,13 @@ WAVE_EVERY_S = 10.0  # while the deploy runs, new long streams start this often
 
 
 def _clean_restart(label: str, outcome: Outcome) -> bool:
-    """A stream admitted during the deploy whose replica's budget ran out: an error event saying so."""
-    return (
-        label.startswith("during")
-        and outcome.kind == STREAM_ERROR
-        and (outcome.error or {}).get("code") in RESTART_CODES
-    )
+    """A stream admitted during the deploy whose replica's budget ran out: an error event saying so,
+    or, when its response had not started (it waited for a new model replica), a 503 with
+    Retry-After saying so."""
+    restart = (outcome.error or {}).get("code") in RESTART_CODES
+    stream_ended = outcome.kind == STREAM_ERROR
+    refused = outcome.kind == REJECTED and outcome.status == 503 and outcome.retry_after is not None
+    return label.startswith("during") and restart and (stream_ended or refused)
 
 
 def _messages(count: int) -> list[dict[str, str]]:
