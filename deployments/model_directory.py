@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast, get_args
 
 from ray import serve
 
+from deployments.desired_state_store import DesiredStateStore, GcsDesiredStateStore
 from serve_app.contracts import DesiredState, ModelStatus
 from serve_app.protocol import ModelState
 
@@ -28,6 +29,12 @@ STOPPING_STALE_S = 2 * STOPPING_POLL_S
 # directory is replaced by the same redeploy that stops the replica asking (Serve gives every
 # deployment of an application whose args changed a new version), and a late answer eats the margin.
 DIRECTORY_ANSWER_S = 1.0
+# How often the directory re-reads the stored desired states (and retries a failed write).
+DESIRED_SYNC_S = 5.0
+STORE_CALL_TIMEOUT_S = 10.0
+DESIRED_STATES: tuple[str, ...] = get_args(DesiredState)
+
+T = TypeVar("T")
 
 logger = logging.getLogger("ray.serve")
 
@@ -40,14 +47,94 @@ class ReplicaReport:
 
 
 class ModelDirectoryState:
-    """The logic, free of Ray so it is unit-testable."""
+    """The logic, free of Ray so it is unit-testable.
 
-    def __init__(self, model_ids: list[str]):
+    Desired states are kept in `store` too (deployments/desired_state_store.py), so that a
+    directory restarted by a redeploy starts from them (`restore`), and re-read from it every
+    `DESIRED_SYNC_S` (`sync`): a load or unload that reached the old directory while the new one
+    started is not lost. The store never stands in the way of serving: a failed read keeps what
+    is in memory ("loaded" at start), a failed write keeps the new state in memory and is retried
+    at the next sync."""
+
+    def __init__(self, model_ids: list[str], store: DesiredStateStore | None = None):
         self.desired: dict[str, DesiredState] = dict.fromkeys(model_ids, "loaded")
         self.reports: dict[str, dict[str, ReplicaReport]] = {m: {} for m in model_ids}
+        self._store = store
+        # Desired states the store has not taken yet: kept over what it says, written again.
+        self.unsaved: set[str] = set()
+        # One store call at a time: a read that overlapped a write could bring back the old value.
+        self._store_calls = asyncio.Lock()
 
-    def set_desired(self, model_id: str, desired: DesiredState) -> None:
+    async def restore(self) -> None:
+        """At start: adopt the stored desired states of this app's models (the others start
+        loaded), and forget stored ones of models the app no longer has, so that a model added back
+        later starts loaded like any new one."""
+        stored = await self.sync()
+        if self._store is None or stored is None:
+            return
+        for model_id in sorted(set(stored) - set(self.desired)):
+            try:
+                async with self._store_calls:
+                    await self._store_call(self._store.delete(model_id))
+            except Exception:
+                logger.warning("forgetting the desired state of %s failed", model_id, exc_info=True)
+
+    async def sync(self) -> dict[str, str] | None:
+        """Write what the store has not taken yet, then adopt what it holds for this app's models.
+        Returns what it read (None: no store, or the read failed)."""
+        if self._store is None:
+            return None
+        for model_id in sorted(self.unsaved):
+            await self._save(model_id)
+        async with self._store_calls:
+            try:
+                stored = await self._store_call(self._store.read_all())
+            except Exception:
+                logger.warning("reading desired states failed; keeping %s", self.desired, exc_info=True)
+                return None
+            for model_id, value in stored.items():
+                # `unsaved` also holds a model whose load/unload came in during the read.
+                if model_id not in self.desired or model_id in self.unsaved:
+                    continue
+                if value not in DESIRED_STATES:
+                    logger.warning("ignoring stored desired state %r of %s", value, model_id)
+                    continue
+                if self.desired[model_id] != value:
+                    logger.info("desired state of %s from the store: %s", model_id, value)
+                self.desired[model_id] = cast(DesiredState, value)
+        return stored
+
+    async def set_desired(self, model_id: str, desired: DesiredState) -> None:
+        """In force at once (the next report gets it); kept in the store before it returns, unless
+        the store fails (then at a later sync)."""
         self.desired[model_id] = desired
+        if self._store is not None:
+            self.unsaved.add(model_id)
+            await self._save(model_id)
+
+    async def _save(self, model_id: str) -> None:
+        async with self._store_calls:
+            # Not unsaved: a save that waited before this one wrote it.
+            if self._store is None or model_id not in self.unsaved:
+                return
+            desired = self.desired[model_id]
+            try:
+                await self._store_call(self._store.write(model_id, desired))
+            except Exception:
+                logger.warning(
+                    "keeping the desired state %s of %s failed; in force here, written again later",
+                    desired,
+                    model_id,
+                    exc_info=True,
+                )
+                return
+            if self.desired[model_id] == desired:
+                self.unsaved.discard(model_id)
+
+    @staticmethod
+    async def _store_call(call: Awaitable[T]) -> T:
+        # The GCS implementation has its own RPC timeout; this bounds any store.
+        return await asyncio.wait_for(call, STORE_CALL_TIMEOUT_S)
 
     def desired_state(self, model_id: str) -> DesiredState:
         return self.desired[model_id]
@@ -166,15 +253,34 @@ async def read_serve_details() -> dict[str, Any]:
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
 class ModelDirectory:
-    def __init__(self, model_ids: list[str]):
-        self._state = ModelDirectoryState(model_ids)
-        self._stopping = StoppingReplicas(read_serve_details, serve.get_replica_context().app_name)
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits async constructors
+        self,
+        model_ids: list[str],
+        store_cls: Callable[[str], DesiredStateStore] = GcsDesiredStateStore,
+    ):
+        """`store_cls` makes the desired-state store from the application's name."""
+        app_name = serve.get_replica_context().app_name
+        self._state = ModelDirectoryState(model_ids, store_cls(app_name))
+        # Before the first answer: a model replica asks for its desired state as it starts.
+        await self._state.restore()
+        self._stopping = StoppingReplicas(read_serve_details, app_name)
+        self._sync = asyncio.create_task(self._sync_forever())
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(DESIRED_SYNC_S)
+            try:
+                await self._state.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # sync logs the store's failures; this is anything else
+                logger.exception("syncing desired states failed")
 
     async def is_stopping(self, replica_id: str) -> bool:
         return replica_id in await self._stopping.current()
 
-    def set_desired(self, model_id: str, desired: DesiredState) -> None:
-        self._state.set_desired(model_id, desired)
+    async def set_desired(self, model_id: str, desired: DesiredState) -> None:
+        await self._state.set_desired(model_id, desired)
 
     def report(self, model_id: str, replica_id: str, state: ModelState, error: str | None) -> DesiredState:
         return self._state.report(model_id, replica_id, state, error)

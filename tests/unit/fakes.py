@@ -5,6 +5,8 @@
 - FakeReasoningSplitter: a `<think>...</think>` splitter like vLLM's deepseek_r1 parser.
 - FakeModelClient: the `ModelClient` protocol (plus the HandleModelClient extras the service uses).
 - FakeDirectory: the ModelDirectory deployment handle (`.remote` returns an awaitable).
+- FakeDesiredStateStore: the ModelDirectory's `DesiredStateStore` (Ray's GCS key-value store),
+  which can be made to fail or to hold a read until released.
 - FakeMetrics: records every metrics call.
 - FakeClock: monotonic time and sleep that move only when told (drain budgets, stop timing).
 """
@@ -390,6 +392,48 @@ class FakeDirectory:
                 }
             )
         return result
+
+
+class FakeStoreDown(ConnectionError):
+    """What a FakeDesiredStateStore raises while `failing`."""
+
+
+class FakeDesiredStateStore:
+    """A `DesiredStateStore` in a dict, shared by the directories of one test (as the GCS is by
+    the directory replicas of successive deploys). `failing` makes every call raise; `hold_reads`
+    makes a read wait (after taking its snapshot) until `release_reads()`."""
+
+    def __init__(self, stored: dict[str, str] | None = None):
+        self.stored: dict[str, str] = dict(stored or {})
+        self.failing = False
+        self.hold_reads = False
+        self.read_started = asyncio.Event()
+        self._released = asyncio.Event()
+        self.writes: list[tuple[str, str]] = []
+
+    def release_reads(self) -> None:
+        self._released.set()
+
+    def _check(self) -> None:
+        if self.failing:
+            raise FakeStoreDown("GCS unavailable")
+
+    async def read_all(self) -> dict[str, str]:
+        self._check()
+        snapshot = dict(self.stored)
+        self.read_started.set()
+        if self.hold_reads:
+            await self._released.wait()
+        return snapshot
+
+    async def write(self, model_id: str, desired: DesiredState) -> None:
+        self._check()
+        self.writes.append((model_id, desired))
+        self.stored[model_id] = desired
+
+    async def delete(self, model_id: str) -> None:
+        self._check()
+        self.stored.pop(model_id, None)
 
 
 # ---------------------------------------------------------------- metrics

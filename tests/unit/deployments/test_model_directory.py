@@ -1,4 +1,5 @@
-"""deployments/model_directory.py: the Ray-free ModelDirectoryState and aggregate_state."""
+"""deployments/model_directory.py: the Ray-free ModelDirectoryState and aggregate_state (its desired
+states kept across restarts: test_desired_state_persistence.py)."""
 
 from __future__ import annotations
 
@@ -52,10 +53,10 @@ def test_reports_from_replicas_aggregate() -> None:
     assert state.status("m").state == "ready" and state.status("m").replicas == {"ready": 2}
 
 
-def test_set_desired_is_returned_to_reporting_replicas() -> None:
+async def test_set_desired_is_returned_to_reporting_replicas() -> None:
     state = ModelDirectoryState(["m"])
     state.report("m", "r1", "ready", None)
-    state.set_desired("m", "unloaded")
+    await state.set_desired("m", "unloaded")
     assert state.report("m", "r1", "ready", None) == "unloaded"
     assert state.status("m").state == "unloading"
     state.report("m", "r1", "unloaded", None)
