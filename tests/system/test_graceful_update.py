@@ -4,11 +4,12 @@ The change is the inference app's `args.limits.max_messages` (256 -> 8). `limits
 the ingress *and* of every model deployment (deployments/model/server.py `ModelServer.__init__(...,
 limits, ...)`; deployments/app.py binds `args.limits`), so the ingress and both model replicas must be
 replaced (new engines). Observed with Ray 2.60: Serve gives *every* deployment of an application
-whose args changed a new version, so the ModelDirectory (same args) restarts too and its desired
-states start afresh (a model unloaded before the redeploy comes back loaded); the "tight" app is
-untouched. Old replicas finish their in-flight requests first (graceful_shutdown_timeout_s: models 60 s,
-the ingress 90 s, since behind HAProxy it still accepts requests for 30 s after it starts stopping);
-what is still open 5 s before a budget ends gets an error event (serve_app/draining.py).
+whose args changed a new version, so the ModelDirectory (same args) restarts too; it starts from the
+desired states kept in Ray's GCS key-value store, so a model unloaded before the redeploy stays
+unloaded (tests/system/test_unload_survives_redeploy.py); the "tight" app is untouched. Old replicas
+finish their in-flight requests first (graceful_shutdown_timeout_s: models 60 s, the ingress 90 s,
+since behind HAProxy it still accepts requests for 30 s after it starts stopping); what is still
+open 5 s before a budget ends gets an error event (serve_app/draining.py).
 
 Asserted: streams started before the deploy end with `data: [DONE]` and no error event (they are
 sized to fit the budgets even on a machine four times slower than the fastest seen); streams started
@@ -171,8 +172,8 @@ async def test_redeploy_with_streams_in_flight(
         assert response.json()["error"]["param"] == "messages", response.text
 
         # Serve gives every deployment of an app whose args changed a new version, so all of the
-        # app's replicas restart, the ModelDirectory included (its desired states start afresh);
-        # other applications keep their processes.
+        # app's replicas restart, the ModelDirectory included (it restores its desired states from
+        # the GCS); other applications keep their processes.
         predicted = {k for k in before if k.startswith(f"{APP}:")}
         assert set(replaced) == predicted, f"replaced {replaced}, predicted {sorted(predicted)}"
     finally:
