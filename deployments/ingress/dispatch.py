@@ -172,9 +172,16 @@ class RequestDispatcher:
         return await self._await_state(model_id, {"unloaded"}, wait_s)
 
     async def readiness(self) -> dict[str, str]:
-        statuses = await self._statuses(fresh=True)
-        states: dict[str, str] = {m: (statuses.get(m) or ModelStatus()).state for m in self.preset.models}
-        if any(state != "ready" for state in states.values()):
+        """Ready when every model is where an operator wants it: serving, or unloaded on purpose (an
+        unload survives redeploys, and a deploy must not wait forever on a model nobody wants)."""
+        known = await self._statuses(fresh=True)
+        statuses = {m: known.get(m) or ModelStatus() for m in self.preset.models}
+        states: dict[str, str] = {m: status.state for m, status in statuses.items()}
+        settled = all(
+            status.state == "ready" or (status.desired == "unloaded" and status.state == "unloaded")
+            for status in statuses.values()
+        )
+        if not settled:
             raise ServiceUnavailable(f"Not every model is ready: {states}", code="not_ready")
         return states
 

@@ -164,15 +164,10 @@ def app_config(config: dict[str, Any], name: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- cluster.sh and serve CLI
 
 
-def cluster_env(config: Path, ready_apps: set[str] | None = None) -> dict[str, str]:
-    """The environment `scripts/cluster.sh deploy` needs for `config`: one readiness path per app
-    (of `ready_apps` only, if given: an app with an unloaded model is never ready)."""
+def cluster_env(config: Path) -> dict[str, str]:
+    """The environment `scripts/cluster.sh deploy` needs for `config`: one readiness path per app."""
     apps = yaml.safe_load(config.read_text())["applications"]
-    ready = " ".join(
-        f"{a.get('route_prefix', '/').rstrip('/')}/health/ready"
-        for a in apps
-        if ready_apps is None or a["name"] in ready_apps
-    )
+    ready = " ".join(f"{a.get('route_prefix', '/').rstrip('/')}/health/ready" for a in apps)
     return {**os.environ, "SERVE_CONFIG": str(config), "READY_PATHS": ready}
 
 
@@ -198,13 +193,12 @@ async def run(args: list[str], env: dict[str, str], timeout: float) -> tuple[int
     return process.returncode or 0, out.decode(errors="replace")
 
 
-async def deploy(config: Path, ready_apps: set[str] | None = None) -> float:
+async def deploy(config: Path) -> float:
     """`scripts/cluster.sh deploy` with `config`; returns the seconds until Serve ran every app and
-    every app (of `ready_apps`, if given) was ready."""
+    every app was ready."""
     started = time.monotonic()
-    code, out = await run(
-        ["bash", "scripts/cluster.sh", "deploy"], cluster_env(config, ready_apps), DEPLOY_TIMEOUT_S + 60
-    )
+    command = ["bash", "scripts/cluster.sh", "deploy"]
+    code, out = await run(command, cluster_env(config), DEPLOY_TIMEOUT_S + 60)
     assert code == 0, f"cluster.sh deploy {config} failed ({code}):\n{out[-3000:]}"
     return time.monotonic() - started
 

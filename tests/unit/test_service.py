@@ -329,6 +329,19 @@ async def test_readiness(d4) -> None:
     assert caught.value.status == 503 and caught.value.code == "not_ready"
 
 
+async def test_a_model_unloaded_on_purpose_does_not_make_the_service_unready(d4) -> None:
+    service, directory, *_ = d4(states={GEN: "ready", CRITIC: "unloaded"})
+    directory.desired[CRITIC] = "unloaded"
+    assert await service.readiness() == {CRITIC: "unloaded", GEN: "ready"}
+    # Still unloading, or unloaded while it should be loaded: not ready.
+    unloading, unloading_directory, *_ = d4(states={GEN: "ready", CRITIC: "unloading"})
+    unloading_directory.desired[CRITIC] = "unloaded"
+    lost, *_ = d4(states={GEN: "ready", CRITIC: "unloaded"})
+    for service_not_ready in (unloading, lost):
+        with pytest.raises(ServiceUnavailable):
+            await service_not_ready.readiness()
+
+
 async def test_preset_info(d4) -> None:
     service, *_ = d4()
     info = service.preset_info("D4")
