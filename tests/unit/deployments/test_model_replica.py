@@ -7,7 +7,6 @@ inside `replica.admitted()`."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
@@ -18,19 +17,11 @@ from serve_app.errors import ModelNotLoaded, ServiceError, ServiceUnavailable
 from serve_app.protocol import ChatCompletionChunk, ChatCompletionRequest, ModelState
 
 from ..fakes import FakeClock, FakeEngine
+from ..support import turns_until
 
 MODEL = "qwen2.5-7b"
 REPLICA = "replica-1"
 BUDGETS = DrainBudgets(unload_s=2.0, shutdown_s=30.0, margin_s=5.0)
-TURNS = 200
-
-
-async def turns_until(predicate: Callable[[], bool], turns: int = TURNS) -> None:
-    for _ in range(turns):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    assert predicate(), f"not reached within {turns} loop turns"
 
 
 class FakeDirectoryClient:
