@@ -60,6 +60,15 @@ class Usage(Response):
     completion_tokens: int = 0
     total_tokens: int = 0
 
+    @classmethod
+    def counted(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        """The usage of a prompt and its completion (the total is their sum)."""
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,

@@ -30,6 +30,7 @@ from serve_app.protocol.orchestration import (
 )
 from serve_app.protocol.sampling import (
     SamplingFields,
+    only_when_true,
 )
 from serve_app.tools import (
     NamedToolChoice,
@@ -85,7 +86,7 @@ class ChatMessage(Request):
 
 
 class ChatCompletionRequest(SamplingFields):
-    OUTPUT_LIMIT: ClassVar[tuple[str, ...]] = ("max_tokens", "max_completion_tokens")
+    OUTPUT_LIMIT: ClassVar[tuple[str, ...]] = ("max_completion_tokens", "max_tokens")
     NOT_SAMPLING: ClassVar[dict[str, str]] = {
         **SamplingFields.NOT_SAMPLING,
         "messages": "the chat template (ChatServing._prepare)",
@@ -157,12 +158,9 @@ class ChatCompletionRequest(SamplingFields):
             out.append(entry)
         return out
 
-    @field_validator("top_logprobs")
-    @classmethod
-    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and not info.data.get("logprobs"):
-            raise ValueError("top_logprobs requires logprobs to be true")
-        return value
+    _top_logprobs_need_logprobs = field_validator("top_logprobs")(
+        only_when_true("logprobs", "top_logprobs requires logprobs to be true")
+    )
 
     @field_validator("max_completion_tokens")
     @classmethod
@@ -171,12 +169,6 @@ class ChatCompletionRequest(SamplingFields):
         if value and other and value != other:
             raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
         return value
-
-    def output_limit_param(self) -> str:
-        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
-
-    def output_limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
 
     def text_chars(self) -> int:
         """How much text the chat template and tokenizer must get through."""

@@ -55,9 +55,6 @@ class CompletionRequest(SamplingFields):
             raise ValueError("best_of other than n is not supported")
         return value
 
-    def output_limit(self) -> int | None:
-        return self.max_tokens
-
     def text_chars(self) -> int:
         """How much text the tokenizer must get through (token-id prompts need none)."""
         return sum(len(p) for p in self.prompts() if isinstance(p, str))

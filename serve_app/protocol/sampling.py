@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import (
     Field,
@@ -20,6 +20,18 @@ from serve_app.protocol.base import (
     StreamOptions,
     Text,
 )
+
+
+def only_when_true(flag: str, message: str) -> Any:
+    """A field validator: the field may be set only when the boolean field `flag`, declared before
+    it, is true. A field validator rather than a model one, so that the 400 names the field."""
+
+    def check(cls: type, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get(flag):
+            raise ValueError(message)
+        return value
+
+    return classmethod(check)
 
 
 class SamplingFields(Request):
@@ -46,6 +58,7 @@ class SamplingFields(Request):
     )
     # Sampling that means the same on every model: token ids (logit_bias) are one vocabulary's.
     PER_MODEL: ClassVar[tuple[str, ...]] = ("logit_bias",)
+    # The route's output-limit fields, the one that applies when several are set first.
     OUTPUT_LIMIT: ClassVar[tuple[str, ...]] = ()
     NOT_SAMPLING: ClassVar[dict[str, str]] = {
         "model": "routing (service.py)",
@@ -100,15 +113,9 @@ class SamplingFields(Request):
                 raise ValueError("logit_bias values must lie in [-100, 100]")
         return value
 
-    @field_validator("stream_options")
-    @classmethod
-    def _stream_options_need_stream(
-        cls, value: StreamOptions | None, info: ValidationInfo
-    ) -> StreamOptions | None:
-        # A field validator (stream is declared first) so the 400 names `stream_options`.
-        if value is not None and not info.data.get("stream"):
-            raise ValueError("stream_options is only allowed when stream is true")
-        return value
+    _stream_options_need_stream = field_validator("stream_options")(
+        only_when_true("stream", "stream_options is only allowed when stream is true")
+    )
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -118,11 +125,16 @@ class SamplingFields(Request):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def output_limit(self) -> int | None:
-        raise NotImplementedError
-
     def output_limit_param(self) -> str:
-        return "max_tokens"
+        """The OUTPUT_LIMIT field that applies: the first one set, else the last (a 400 names it)."""
+        return next(
+            (name for name in self.OUTPUT_LIMIT if getattr(self, name) is not None), self.OUTPUT_LIMIT[-1]
+        )
+
+    def output_limit(self) -> int | None:
+        """The most tokens the request may generate; None leaves it to the context left."""
+        limit: int | None = getattr(self, self.output_limit_param())
+        return limit
 
     def to_sampling_spec(
         self,

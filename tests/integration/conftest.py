@@ -15,7 +15,6 @@ from .support import (
     GATEWAY_API_KEY,
     GATEWAY_URL,
     STREAM_TIMEOUT,
-    TEST_TIMEOUT,
     ChatRequestFactory,
     answer_text,
     auth_headers,
@@ -24,6 +23,7 @@ from .support import (
     ensure_service,
     fetch_models,
     http_timeout,
+    openai_sdk,
     require_model_card,
 )
 from .validators import ResponseValidator, SSEParser
@@ -103,16 +103,9 @@ async def gateway_client(skip_if_gateway_unavailable: None) -> AsyncIterator[htt
 
 @pytest.fixture
 async def openai_client(skip_if_service_unavailable: None) -> AsyncIterator[Any]:
-    """The official OpenAI SDK pointed at the service (no retries, so failures surface)."""
-    from openai import AsyncOpenAI
-
-    sdk = AsyncOpenAI(
-        base_url=f"{BASE_URL}/v1", api_key=API_KEY or "none", max_retries=0, timeout=TEST_TIMEOUT
-    )
-    try:
+    """The official OpenAI SDK pointed at the service."""
+    async with openai_sdk(BASE_URL, API_KEY or "none") as sdk:
         yield sdk
-    finally:
-        await sdk.close()
 
 
 @pytest.fixture

@@ -76,6 +76,14 @@ def http_timeout(seconds: float = TEST_TIMEOUT) -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=min(10.0, seconds))
 
 
+def openai_sdk(base_url: str, api_key: str) -> Any:
+    """The official OpenAI SDK pointed at `base_url` (no retries, so failures surface); close it
+    with `async with`."""
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0, timeout=TEST_TIMEOUT)
+
+
 # ---------------------------------------------------------------- availability probes (sync, cached)
 
 _probe_cache: dict[str, str | None] = {}

@@ -4,11 +4,10 @@ LLM_GATEWAY_API_KEY). The gateway exposes the service's model ids (e.g. qwen2.5-
 
 from __future__ import annotations
 
-import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import jsonschema
 import pytest
 
 from .support import (
@@ -21,19 +20,19 @@ from .support import (
     GATEWAY_URL,
     PRESET,
     REASONING_MODELS,
-    TEST_TIMEOUT,
     auth_headers,
     fetch_models,
+    openai_sdk,
     probe,
 )
 from .tool_support import (
-    ANSWER_SCHEMA,
-    JSON_SCHEMA_FORMAT,
-    MAX_TOKENS,
     NAMED,
-    TOOLS,
-    USER,
+    UNKNOWN_TOOL_CHOICE,
     check_calls,
+    check_json_answer,
+    json_answer_request,
+    tool_call_request,
+    tool_result_history,
     valid_arguments,
 )
 
@@ -73,17 +72,15 @@ async def test_gateway_lists_service_models(gateway_client: httpx.AsyncClient) -
 @pytest.mark.requires_model
 @pytest.mark.parametrize("model", D4_MODELS)
 async def test_gateway_chat_completion(
-    gateway_client: httpx.AsyncClient, gateway_model_ids: list[str], response_validator: Any, model: str
+    gateway_client: httpx.AsyncClient,
+    gateway_model_ids: list[str],
+    chat_request_factory: Any,
+    response_validator: Any,
+    model: str,
 ) -> None:
     if model not in gateway_model_ids:
         pytest.skip(f"Model {model} not available in this deployment (gateway lists {gateway_model_ids})")
-    payload = {
-        "model": model,
-        "messages": [{"role": "user", "content": "Hello, respond briefly"}],
-        "max_tokens": 12,
-        "temperature": 0.7,
-        "seed": 31,
-    }
+    payload = chat_request_factory.simple("Hello, respond briefly", model, max_tokens=12, seed=31)
     response = await gateway_client.post("/v1/chat/completions", json=payload)
     assert response.status_code == 200, f"{response.status_code}: {response.text[:500]}"
     data = response_validator.validate_completion(response.json(), max_tokens=12)
@@ -92,17 +89,13 @@ async def test_gateway_chat_completion(
 
 @pytest.mark.requires_model
 async def test_gateway_streaming(
-    gateway_client: httpx.AsyncClient, gateway_model: str, response_validator: Any, sse_parser: Any
+    gateway_client: httpx.AsyncClient,
+    gateway_model: str,
+    chat_request_factory: Any,
+    response_validator: Any,
+    sse_parser: Any,
 ) -> None:
-    payload = {
-        "model": gateway_model,
-        "messages": [{"role": "user", "content": "Count from one to five."}],
-        "max_tokens": 12,
-        "temperature": 0.7,
-        "seed": 32,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    payload = chat_request_factory.streaming("Count from one to five.", gateway_model, max_tokens=12, seed=32)
     result = await sse_parser.request(gateway_client, "/v1/chat/completions", payload)
     assert result.status == 200, result.raw[:500]
     assert result.headers["content-type"].startswith("text/event-stream")
@@ -153,20 +146,23 @@ async def test_gateway_rejects_wrong_key(gateway_client: httpx.AsyncClient) -> N
 @pytest.mark.requires_model
 @pytest.mark.slow
 async def test_gateway_critique_on_preset(
-    gateway_client: httpx.AsyncClient, gateway_model_ids: list[str], response_validator: Any
+    gateway_client: httpx.AsyncClient,
+    gateway_model_ids: list[str],
+    chat_request_factory: Any,
+    response_validator: Any,
 ) -> None:
     """The preset name routes like a model; the orchestration extension rides along in the body."""
     if "D4" not in gateway_model_ids:
         pytest.skip(f"Model D4 not available in this deployment (gateway lists {gateway_model_ids})")
-    payload = {
-        "model": "D4",
-        "messages": [{"role": "user", "content": "Write a function that adds two numbers."}],
-        "max_tokens": 12,
-        "temperature": 0.7,
-        "seed": 33,
+    payload = chat_request_factory.orchestrated(
+        "Write a function that adds two numbers.",
+        model="D4",
+        max_tokens=12,
+        seed=33,
         # Swapped roles prove the extension reached the service (plain "D4" would use preset roles).
-        "orchestration": {"mode": "critique", "rounds": 1, "generator": D4_CRITIC, "critic": D4_GENERATOR},
-    }
+        generator=D4_CRITIC,
+        critic=D4_GENERATOR,
+    )
     response = await gateway_client.post("/v1/chat/completions", json=payload)
     assert response.status_code == 200, f"{response.status_code}: {response.text[:500]}"
     data = response_validator.validate_completion(response.json())
@@ -178,17 +174,10 @@ async def test_gateway_critique_on_preset(
 
 
 @pytest.fixture
-async def gateway_sdk(skip_if_gateway_unavailable: None) -> Any:
+async def gateway_sdk(skip_if_gateway_unavailable: None) -> AsyncIterator[Any]:
     """The official OpenAI SDK pointed at the gateway."""
-    from openai import AsyncOpenAI
-
-    sdk = AsyncOpenAI(
-        base_url=f"{GATEWAY_URL}/v1", api_key=GATEWAY_API_KEY, max_retries=0, timeout=TEST_TIMEOUT
-    )
-    try:
+    async with openai_sdk(GATEWAY_URL, GATEWAY_API_KEY) as sdk:
         yield sdk
-    finally:
-        await sdk.close()
 
 
 @pytest.mark.requires_model
@@ -200,15 +189,9 @@ async def test_gateway_constrained_tool_calls(
         pytest.skip(f"Model {model} not available in this deployment (gateway lists {gateway_model_ids})")
     for tool_choice in (NAMED, "required"):
         response = await gateway_sdk.chat.completions.create(
-            model=model,
-            messages=USER,
-            tools=TOOLS,
-            tool_choice=tool_choice,
-            parallel_tool_calls=False,
-            max_tokens=MAX_TOKENS,
-            seed=12,
+            **tool_call_request(model, tool_choice=tool_choice, parallel_tool_calls=False, seed=12)
         )
-        check_calls(response.choices[0].message, response.choices[0].finish_reason)
+        check_calls(response.choices[0])
 
 
 @pytest.mark.requires_model
@@ -218,15 +201,7 @@ async def test_gateway_streamed_tool_call_and_tool_results(
     model = D4_GENERATOR
     if model not in gateway_model_ids:
         pytest.skip(f"{model} not behind this gateway")
-    stream = await gateway_sdk.chat.completions.create(
-        model=model,
-        messages=USER,
-        tools=TOOLS,
-        tool_choice=NAMED,
-        max_tokens=MAX_TOKENS,
-        seed=13,
-        stream=True,
-    )
+    stream = await gateway_sdk.chat.completions.create(**tool_call_request(model, seed=13, stream=True))
     arguments, name, call_id, finish = "", "", "", None
     async for chunk in stream:
         for choice in chunk.choices:
@@ -238,34 +213,21 @@ async def test_gateway_streamed_tool_call_and_tool_results(
     assert finish == "tool_calls" and name == "get_weather" and call_id
     valid_arguments(name, arguments)
     call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-    history = [
-        *USER,
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": call_id, "content": '{"forecast": "sunny"}'},
-    ]
-    response = await gateway_sdk.chat.completions.create(
-        model=model,
-        messages=history,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=MAX_TOKENS,
-        seed=13,
+    history = tool_result_history(
+        {"role": "assistant", "content": None, "tool_calls": [call]}, call_id, {"forecast": "sunny"}
     )
-    check_calls(response.choices[0].message, response.choices[0].finish_reason)
+    response = await gateway_sdk.chat.completions.create(
+        **tool_call_request(
+            model, messages=history, tool_choice="required", parallel_tool_calls=False, seed=13
+        )
+    )
+    check_calls(response.choices[0])
 
 
 @pytest.mark.requires_model
 async def test_gateway_json_schema_output(gateway_sdk: Any, gateway_model: str) -> None:
-    response = await gateway_sdk.chat.completions.create(
-        model=gateway_model,
-        messages=[{"role": "user", "content": "Answer in JSON."}],
-        response_format=JSON_SCHEMA_FORMAT,
-        max_tokens=MAX_TOKENS,
-        seed=14,
-    )
-    assert response.choices[0].finish_reason == "stop"
-    jsonschema.validate(json.loads(response.choices[0].message.content), ANSWER_SCHEMA)
+    response = await gateway_sdk.chat.completions.create(**json_answer_request(gateway_model, seed=14))
+    check_json_answer(response.choices[0])
 
 
 @pytest.mark.requires_model
@@ -273,15 +235,14 @@ async def test_gateway_critique_with_response_format(gateway_sdk: Any, gateway_m
     if PRESET not in gateway_model_ids:
         pytest.skip(f"preset {PRESET} not behind this gateway")
     response = await gateway_sdk.chat.completions.create(
-        model=PRESET,
-        messages=[{"role": "user", "content": "Is 7 prime? Answer in JSON."}],
-        response_format=JSON_SCHEMA_FORMAT,
-        max_tokens=MAX_TOKENS,
-        seed=15,
-        extra_body={"orchestration": {"mode": "critique", "rounds": 1}},
+        **json_answer_request(
+            PRESET,
+            question="Is 7 prime? Answer in JSON.",
+            seed=15,
+            extra_body={"orchestration": {"mode": "critique", "rounds": 1}},
+        )
     )
-    assert response.choices[0].finish_reason == "stop"
-    jsonschema.validate(json.loads(response.choices[0].message.content), ANSWER_SCHEMA)
+    check_json_answer(response.choices[0])
 
 
 @pytest.mark.requires_model
@@ -290,10 +251,6 @@ async def test_gateway_passes_tool_400s_through(gateway_sdk: Any, gateway_model:
 
     with pytest.raises(openai.BadRequestError) as caught:
         await gateway_sdk.chat.completions.create(
-            model=gateway_model,
-            messages=USER,
-            tools=TOOLS,
-            tool_choice={"type": "function", "function": {"name": "nope"}},
-            max_tokens=4,
+            **tool_call_request(gateway_model, tool_choice=UNKNOWN_TOOL_CHOICE, max_tokens=4)
         )
     assert "tool_choice" in str(caught.value)

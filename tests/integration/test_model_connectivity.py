@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from .support import BASE_URL, CATALOG_MODELS, MODEL_STATES, PRESET, REASONING_MODELS, admin_headers
-from .tool_support import AUTO_TOOL_MODELS, MAX_TOKENS, NAMED, TOOLS, USER, check_calls
+from .tool_support import AUTO_TOOL_MODELS, check_calls, tool_call_request
 
 pytestmark = [pytest.mark.integration]
 
@@ -94,19 +94,17 @@ async def test_model_tool_calls(openai_client: Any, require_model: Any, model: s
     """Every catalog model makes a constrained call whose arguments validate against the tool's
     schema; `auto` works where the model has a tool parser and is otherwise a 400 naming `tools`."""
     require_model(model)
-    response = await openai_client.chat.completions.create(
-        model=model, messages=USER, tools=TOOLS, tool_choice=NAMED, max_tokens=MAX_TOKENS, seed=11
-    )
-    calls = check_calls(response.choices[0].message, response.choices[0].finish_reason, {"get_weather"})
+    response = await openai_client.chat.completions.create(**tool_call_request(model, seed=11))
+    calls = check_calls(response.choices[0], {"get_weather"})
     assert len(calls) == 1 and response.model == model
     if model in AUTO_TOOL_MODELS:
         auto = await openai_client.chat.completions.create(
-            model=model, messages=USER, tools=TOOLS, tool_choice="auto", max_tokens=32, seed=11
+            **tool_call_request(model, tool_choice="auto", max_tokens=32, seed=11)
         )
         assert auto.choices[0].finish_reason in ("stop", "length", "tool_calls")
     else:
         with pytest.raises(openai.BadRequestError) as caught:
             await openai_client.chat.completions.create(
-                model=model, messages=USER, tools=TOOLS, tool_choice="auto", max_tokens=8
+                **tool_call_request(model, tool_choice="auto", max_tokens=8)
             )
         assert caught.value.param == "tools", caught.value.body

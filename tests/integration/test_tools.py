@@ -11,20 +11,21 @@ import json
 from typing import Any
 
 import httpx
-import jsonschema
 import openai
 import pytest
 
 from .support import D4_CRITIC, D4_GENERATOR, PRESET
 from .tool_support import (
-    ANSWER_SCHEMA,
     AUTO_TOOL_MODELS,
-    JSON_SCHEMA_FORMAT,
-    MAX_TOKENS,
     NAMED,
     TOOLS,
+    UNKNOWN_TOOL_CHOICE,
     USER,
     check_calls,
+    check_json_answer,
+    json_answer_request,
+    tool_call_request,
+    tool_result_history,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_model]
@@ -43,41 +44,33 @@ def d4_model(request: pytest.FixtureRequest, require_model: Any) -> str:
 
 async def test_named_call_arguments_validate(openai_client: Any, d4_model: str) -> None:
     for seed in (1, 2, 3):
-        response = await openai_client.chat.completions.create(
-            model=d4_model, messages=USER, tools=TOOLS, tool_choice=NAMED, max_tokens=MAX_TOKENS, seed=seed
-        )
-        (call,) = check_calls(response.choices[0].message, response.choices[0].finish_reason, {"get_weather"})
+        response = await openai_client.chat.completions.create(**tool_call_request(d4_model, seed=seed))
+        (call,) = check_calls(response.choices[0], {"get_weather"})
         assert call.function.name == "get_weather"
 
 
 async def test_required_call_arguments_validate(openai_client: Any, d4_model: str) -> None:
     response = await openai_client.chat.completions.create(
-        model=d4_model,
-        messages=USER,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=MAX_TOKENS,
-        seed=5,
+        **tool_call_request(d4_model, tool_choice="required", parallel_tool_calls=False, seed=5)
     )
-    calls = check_calls(response.choices[0].message, response.choices[0].finish_reason)
+    calls = check_calls(response.choices[0])
     assert len(calls) == 1
 
 
 async def test_parallel_required_calls_are_each_valid_or_cut_with_length(openai_client: Any) -> None:
     response = await openai_client.chat.completions.create(
-        model=D4_GENERATOR, messages=USER, tools=TOOLS, tool_choice="required", max_tokens=600, seed=8
+        **tool_call_request(D4_GENERATOR, tool_choice="required", max_tokens=600, seed=8)
     )
     choice = response.choices[0]
     if choice.finish_reason == "length":  # random weights may keep adding calls to the array
         assert choice.message.tool_calls is None
     else:
-        check_calls(choice.message, choice.finish_reason)
+        check_calls(choice)
 
 
 async def test_a_call_cut_at_max_tokens_says_length(openai_client: Any) -> None:
     response = await openai_client.chat.completions.create(
-        model=D4_GENERATOR, messages=USER, tools=TOOLS, tool_choice=NAMED, max_tokens=3, seed=1
+        **tool_call_request(D4_GENERATOR, max_tokens=3, seed=1)
     )
     choice = response.choices[0]
     assert choice.finish_reason == "length"
@@ -87,46 +80,35 @@ async def test_a_call_cut_at_max_tokens_says_length(openai_client: Any) -> None:
 async def test_streamed_tool_calls_are_assembled_by_the_sdk(openai_client: Any, d4_model: str) -> None:
     for tool_choice in (NAMED, "required"):
         async with openai_client.chat.completions.stream(
-            model=d4_model,
-            messages=USER,
-            tools=STRICT_TOOLS,
-            tool_choice=tool_choice,
-            parallel_tool_calls=False,
-            max_tokens=MAX_TOKENS,
-            seed=3,
+            **tool_call_request(
+                d4_model, tools=STRICT_TOOLS, tool_choice=tool_choice, parallel_tool_calls=False, seed=3
+            )
         ) as stream:
             deltas = [event async for event in stream if event.type == "tool_calls.function.arguments.delta"]
             completion = await stream.get_final_completion()
-        choice = completion.choices[0]
-        (call,) = check_calls(choice.message, choice.finish_reason)
+        (call,) = check_calls(completion.choices[0])
         # The SDK parsed the assembled arguments (strict tools), and they arrived in pieces.
         assert call.function.parsed_arguments == json.loads(call.function.arguments)
         assert deltas, "no argument deltas were streamed"
 
 
 async def test_multi_turn_with_tool_results(openai_client: Any, d4_model: str) -> None:
-    first = await openai_client.chat.completions.create(
-        model=d4_model, messages=USER, tools=TOOLS, tool_choice=NAMED, max_tokens=MAX_TOKENS, seed=4
+    first = await openai_client.chat.completions.create(**tool_call_request(d4_model, seed=4))
+    (call,) = check_calls(first.choices[0])
+    history = tool_result_history(
+        # the assistant's turn echoed back the way agent frameworks do
+        first.choices[0].message.model_dump(exclude_none=True) | {"content": None},
+        call.id,
+        {"forecast": "sunny", "high": 21},
     )
-    message = first.choices[0].message
-    (call,) = check_calls(message, first.choices[0].finish_reason)
-    history: list[Any] = [
-        *USER,
-        message.model_dump(exclude_none=True) | {"content": None},  # as agent frameworks echo it
-        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"forecast": "sunny", "high": 21})},
-    ]
     second = await openai_client.chat.completions.create(
-        model=d4_model,
-        messages=history,
-        tools=TOOLS,
-        tool_choice="required",
-        max_tokens=MAX_TOKENS,
-        seed=4,
-        parallel_tool_calls=False,
+        **tool_call_request(
+            d4_model, messages=history, tool_choice="required", parallel_tool_calls=False, seed=4
+        )
     )
-    check_calls(second.choices[0].message, second.choices[0].finish_reason)
+    check_calls(second.choices[0])
     final = await openai_client.chat.completions.create(
-        model=d4_model, messages=history, tools=TOOLS, tool_choice="none", max_tokens=16, seed=4
+        **tool_call_request(d4_model, messages=history, tool_choice="none", max_tokens=16, seed=4)
     )
     assert final.choices[0].message.tool_calls is None
     assert final.choices[0].finish_reason in ("stop", "length")
@@ -136,7 +118,7 @@ async def test_auto_has_the_right_structure_or_a_clear_400(openai_client: Any, d
     if d4_model not in AUTO_TOOL_MODELS:
         with pytest.raises(openai.BadRequestError) as caught:
             await openai_client.chat.completions.create(
-                model=d4_model, messages=USER, tools=TOOLS, tool_choice="auto", max_tokens=8
+                **tool_call_request(d4_model, tool_choice="auto", max_tokens=8)
             )
         assert caught.value.param == "tools" and "required" in caught.value.message
         return
@@ -164,17 +146,9 @@ async def test_auto_has_the_right_structure_or_a_clear_400(openai_client: Any, d
 
 async def test_json_schema_output_is_complete_and_validates(openai_client: Any, d4_model: str) -> None:
     for seed in (1, 2):
-        response = await openai_client.chat.completions.create(
-            model=d4_model,
-            messages=[{"role": "user", "content": "Answer in JSON."}],
-            response_format=JSON_SCHEMA_FORMAT,
-            max_tokens=MAX_TOKENS,
-            seed=seed,
-        )
-        choice = response.choices[0]
-        assert choice.finish_reason == "stop", choice
-        jsonschema.validate(json.loads(choice.message.content), ANSWER_SCHEMA)
-        assert choice.message.tool_calls is None
+        response = await openai_client.chat.completions.create(**json_answer_request(d4_model, seed=seed))
+        check_json_answer(response.choices[0])
+        assert response.choices[0].message.tool_calls is None
 
 
 async def test_json_object_output_is_an_object(openai_client: Any) -> None:
@@ -212,16 +186,9 @@ def _critique(**extra: Any) -> dict[str, Any]:
 
 async def test_critique_with_response_format(openai_client: Any, d4_deployed: None) -> None:
     response = await openai_client.chat.completions.create(
-        model=PRESET,
-        messages=[{"role": "user", "content": "Is 7 prime? Answer in JSON."}],
-        response_format=JSON_SCHEMA_FORMAT,
-        max_tokens=MAX_TOKENS,
-        seed=3,
-        extra_body=_critique(),
+        **json_answer_request(PRESET, question="Is 7 prime? Answer in JSON.", seed=3, extra_body=_critique())
     )
-    choice = response.choices[0]
-    assert choice.finish_reason == "stop", choice
-    jsonschema.validate(json.loads(choice.message.content), ANSWER_SCHEMA)
+    check_json_answer(response.choices[0])
     steps = response.model_extra["orchestration"]["steps"]
     critics = [s for s in steps if s["role"] == "critic"]
     assert critics and all(s["verdict"] in ("approved", "needs_revision") for s in critics), critics
@@ -234,26 +201,14 @@ async def test_critique_with_response_format(openai_client: Any, d4_deployed: No
 
 async def test_critique_final_answer_can_be_a_tool_call(openai_client: Any, d4_deployed: None) -> None:
     response = await openai_client.chat.completions.create(
-        model=PRESET,
-        messages=USER,
-        tools=TOOLS,
-        tool_choice=NAMED,
-        max_tokens=MAX_TOKENS,
-        seed=6,
-        extra_body=_critique(),
+        **tool_call_request(PRESET, seed=6, extra_body=_critique())
     )
-    check_calls(response.choices[0].message, response.choices[0].finish_reason, {"get_weather"})
+    check_calls(response.choices[0], {"get_weather"})
     async with openai_client.chat.completions.stream(
-        model=PRESET,
-        messages=USER,
-        tools=STRICT_TOOLS,
-        tool_choice=NAMED,
-        max_tokens=MAX_TOKENS,
-        seed=6,
-        extra_body=_critique(),
+        **tool_call_request(PRESET, tools=STRICT_TOOLS, seed=6, extra_body=_critique())
     ) as stream:
         completion = await stream.get_final_completion()
-    check_calls(completion.choices[0].message, completion.choices[0].finish_reason, {"get_weather"})
+    check_calls(completion.choices[0], {"get_weather"})
 
 
 async def test_critique_auto_tools_on_a_model_without_parser_is_refused_before_any_step(
@@ -274,16 +229,15 @@ async def test_critique_auto_tools_on_a_model_without_parser_is_refused_before_a
 
 async def test_ensemble_judge_picks_with_structured_output(openai_client: Any, d4_deployed: None) -> None:
     response = await openai_client.chat.completions.create(
-        model=PRESET,
-        messages=USER,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=MAX_TOKENS,
-        seed=2,
-        extra_body={"orchestration": {"mode": "ensemble", "models": [D4_GENERATOR, D4_CRITIC]}},
+        **tool_call_request(
+            PRESET,
+            tool_choice="required",
+            parallel_tool_calls=False,
+            seed=2,
+            extra_body={"orchestration": {"mode": "ensemble", "models": [D4_GENERATOR, D4_CRITIC]}},
+        )
     )
-    check_calls(response.choices[0].message, response.choices[0].finish_reason)
+    check_calls(response.choices[0])
     steps = response.model_extra["orchestration"]["steps"]
     (judge,) = [s for s in steps if s["role"] == "judge"]
     pick = json.loads(judge["content"])
@@ -300,7 +254,7 @@ BAD_CHAT = [
         id="parameters-not-an-object-schema",
     ),
     pytest.param(
-        {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+        {"tools": TOOLS, "tool_choice": UNKNOWN_TOOL_CHOICE},
         "tool_choice",
         id="tool_choice-unknown-function",
     ),
@@ -344,13 +298,7 @@ async def test_every_message_has_a_content_key(client: httpx.AsyncClient, d4_dep
     """Raw clients read message["content"]: it is there (null allowed) on every path."""
     bodies = [
         {"model": D4_CRITIC, "messages": USER, "max_tokens": 4, "seed": 1},  # reasoning only, cut
-        {
-            "model": D4_GENERATOR,
-            "messages": USER,
-            "tools": TOOLS,
-            "tool_choice": NAMED,
-            "max_tokens": MAX_TOKENS,
-        },
+        tool_call_request(D4_GENERATOR),
         {"model": PRESET, "messages": USER, "max_tokens": 8, **_critique()},
     ]
     for body in bodies:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PRESETS_DIR = PROJECT_ROOT / "presets"
 CATALOG_PATH = PRESETS_DIR / "catalog.yaml"
+# Event-loop turns that are plenty for any hand-off between tasks in the unit tests.
+TURNS = 200
 
 
 def parse_sse(events: Sequence[str] | str) -> list[dict[str, Any] | str]:
@@ -30,3 +33,12 @@ def sse_json(event: dict[str, Any] | str) -> dict[str, Any]:
     """One event from `parse_sse` that must be a JSON payload (not `[DONE]`)."""
     assert isinstance(event, dict), f"not a JSON event: {event!r}"
     return event
+
+
+async def turns_until(predicate: Callable[[], bool], turns: int = TURNS) -> None:
+    """Lets other tasks run until `predicate` holds; fails if it does not within `turns` turns."""
+    for _ in range(turns):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    assert predicate(), f"not reached within {turns} loop turns"

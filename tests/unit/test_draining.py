@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,16 +14,9 @@ from serve_app.draining import InflightRequests, StopPlan, watch_for_stop
 from serve_app.errors import ServiceError, ServiceUnavailable, restarting
 
 from .fakes import FakeClock
+from .support import turns_until
 
-TURNS = 50  # loop turns that are plenty for any hand-off in this module
-
-
-async def turns_until(predicate: Callable[[], bool], turns: int = TURNS) -> None:
-    for _ in range(turns):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    assert predicate(), f"not reached within {turns} loop turns"
+TURNS = 50  # loop turns in which a hand-off in this module would have happened
 
 
 def same_error(raised: BaseException, cut: ServiceError) -> bool:

@@ -145,6 +145,51 @@ def test_max_tokens_and_max_completion_tokens_must_agree() -> None:
     assert ChatCompletionRequest(model="m", messages=USER).output_limit() is None
 
 
+@pytest.mark.parametrize(
+    ("model", "body", "limit", "param"),
+    [
+        (ChatCompletionRequest, {"messages": USER}, None, "max_tokens"),
+        (ChatCompletionRequest, {"messages": USER, "max_tokens": 5}, 5, "max_tokens"),
+        (ChatCompletionRequest, {"messages": USER, "max_completion_tokens": 7}, 7, "max_completion_tokens"),
+        (
+            ChatCompletionRequest,
+            {"messages": USER, "max_tokens": 7, "max_completion_tokens": 7},
+            7,
+            "max_completion_tokens",
+        ),
+        (CompletionRequest, {"prompt": "p"}, 16, "max_tokens"),  # OpenAI's default for completions
+        (CompletionRequest, {"prompt": "p", "max_tokens": 3}, 3, "max_tokens"),
+        (CompletionRequest, {"prompt": "p", "max_tokens": None}, None, "max_tokens"),
+    ],
+)
+def test_output_limit_and_the_field_a_context_error_names(
+    model: Any, body: dict[str, Any], limit: int | None, param: str
+) -> None:
+    request = model.model_validate({"model": "m", **body})
+    assert (request.output_limit(), request.output_limit_param()) == (limit, param)
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"messages": USER, "stream_options": {}}, "stream_options", "only allowed when stream is true"),
+        ({"prompt": "p", "stream_options": {}}, "stream_options", "only allowed when stream is true"),
+        ({"messages": USER, "top_logprobs": 0}, "top_logprobs", "top_logprobs requires logprobs"),
+        ({"messages": USER, "logprobs": False, "top_logprobs": 2}, "top_logprobs", "requires logprobs"),
+    ],
+)
+def test_a_field_that_needs_a_flag_is_refused_without_it_naming_the_field(
+    body: dict[str, Any], param: str, words: str
+) -> None:
+    model = ChatCompletionRequest if "messages" in body else CompletionRequest
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate({"model": "m", **body})
+    error = invalid_request_from(caught.value.errors())
+    assert (error.status, error.param) == (400, param) and words in error.message
+    flag = "stream" if param == "stream_options" else "logprobs"
+    assert model.model_validate({"model": "m", **body, flag: True}).model_dump()[param] is not None
+
+
 def test_valid_request_accepts_openai_client_extras() -> None:
     request = ChatCompletionRequest.model_validate(
         {

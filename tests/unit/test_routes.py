@@ -457,16 +457,25 @@ def sse_chunk(content: str) -> str:
     return f'data: {{"choices": [{{"index": 0, "delta": {{"content": "{content}"}}}}]}}\n\n'
 
 
-async def test_stream_success_ends_with_done(client: httpx.AsyncClient, service: FakeService) -> None:
-    async def stream(request: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]:
-        async def events() -> AsyncIterator[str]:
-            yield sse_chunk("a")
-            yield sse_chunk("b")
+STREAMED_CHAT = {**CHAT, "stream": True}
 
-        return events()
+
+def serve_events(service: FakeService, answer: Callable[[], AsyncIterator[str]]) -> None:
+    """The service answers each chat with the SSE events of a fresh `answer()`."""
+
+    async def stream(request: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]:
+        return answer()
 
     service.on_chat = stream
-    response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+
+
+async def test_stream_success_ends_with_done(client: httpx.AsyncClient, service: FakeService) -> None:
+    async def answer() -> AsyncIterator[str]:
+        yield sse_chunk("a")
+        yield sse_chunk("b")
+
+    serve_events(service, answer)
+    response = await client.post("/v1/chat/completions", json=STREAMED_CHAT)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["cache-control"] == "no-cache"
@@ -478,15 +487,12 @@ async def test_stream_success_ends_with_done(client: httpx.AsyncClient, service:
 async def test_stream_error_before_the_first_event_keeps_its_status(
     client: httpx.AsyncClient, service: FakeService
 ) -> None:
-    async def stream(request: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]:
-        async def events() -> AsyncIterator[str]:
-            raise ContextLengthExceeded("too long for this model", param="max_tokens")
-            yield ""  # pragma: no cover
+    async def answer() -> AsyncIterator[str]:
+        raise ContextLengthExceeded("too long for this model", param="max_tokens")
+        yield ""  # pragma: no cover
 
-        return events()
-
-    service.on_chat = stream
-    response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    serve_events(service, answer)
+    response = await client.post("/v1/chat/completions", json=STREAMED_CHAT)
     error = error_of(response, 400)
     assert (error["code"], error["param"]) == ("context_length_exceeded", "max_tokens")
     assert "data:" not in response.text
@@ -495,15 +501,12 @@ async def test_stream_error_before_the_first_event_keeps_its_status(
 async def test_stream_error_after_the_first_event_is_an_error_event_then_done(
     client: httpx.AsyncClient, service: FakeService, metrics: FakeMetrics
 ) -> None:
-    async def stream(request: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]:
-        async def events() -> AsyncIterator[str]:
-            yield sse_chunk("partial")
-            raise RuntimeError("secret internal detail")
+    async def answer() -> AsyncIterator[str]:
+        yield sse_chunk("partial")
+        raise RuntimeError("secret internal detail")
 
-        return events()
-
-    service.on_chat = stream
-    response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    serve_events(service, answer)
+    response = await client.post("/v1/chat/completions", json=STREAMED_CHAT)
     assert response.status_code == 200
     events = parse_sse(response.text)
     assert len(events) == 3
@@ -517,28 +520,22 @@ async def test_stream_error_after_the_first_event_is_an_error_event_then_done(
 async def test_stream_service_error_mid_stream_keeps_its_code(
     client: httpx.AsyncClient, service: FakeService
 ) -> None:
-    async def stream(request: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]:
-        async def events() -> AsyncIterator[str]:
-            yield sse_chunk("x")
-            raise InvalidRequest("The critic step failed: bad", param="max_tokens")
+    async def answer() -> AsyncIterator[str]:
+        yield sse_chunk("x")
+        raise InvalidRequest("The critic step failed: bad", param="max_tokens")
 
-        return events()
-
-    service.on_chat = stream
-    events = parse_sse((await client.post("/v1/chat/completions", json={**CHAT, "stream": True})).text)
+    serve_events(service, answer)
+    events = parse_sse((await client.post("/v1/chat/completions", json=STREAMED_CHAT)).text)
     assert sse_json(events[1])["error"]["param"] == "max_tokens" and events[-1] == "[DONE]"
 
 
 async def test_empty_stream_still_ends_with_done(client: httpx.AsyncClient, service: FakeService) -> None:
-    async def stream(request: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]:
-        async def events() -> AsyncIterator[str]:
-            return
-            yield ""  # pragma: no cover
+    async def answer() -> AsyncIterator[str]:
+        return
+        yield ""  # pragma: no cover
 
-        return events()
-
-    service.on_chat = stream
-    response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    serve_events(service, answer)
+    response = await client.post("/v1/chat/completions", json=STREAMED_CHAT)
     assert response.status_code == 200 and parse_sse(response.text) == ["[DONE]"]
 
 
@@ -612,21 +609,18 @@ async def test_a_cut_ends_a_started_stream_with_an_error_event_then_done(
     inflight = InflightRequests()
     source_closed: list[bool] = []
 
-    async def stream(request: ChatCompletionRequest, request_id: str) -> AsyncIterator[str]:
-        async def events() -> AsyncIterator[str]:
-            try:
-                yield sse_chunk("partial")
-                await asyncio.Event().wait()
-                yield sse_chunk("never")  # pragma: no cover
-            finally:
-                source_closed.append(True)
+    async def answer() -> AsyncIterator[str]:
+        try:
+            yield sse_chunk("partial")
+            await asyncio.Event().wait()
+            yield sse_chunk("never")  # pragma: no cover
+        finally:
+            source_closed.append(True)
 
-        return events()
-
-    service.on_chat = stream
+    serve_events(service, answer)
     app = CutWhenTheClientHasAnEvent(build_api(service, KeyPolicy(), metrics, inflight), inflight)  # type: ignore[arg-type]
     async with make_client(app=app) as client, asyncio.timeout(HANG_GUARD_S):
-        response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        response = await client.post("/v1/chat/completions", json=STREAMED_CHAT)
     assert response.status_code == 200
     events = parse_sse(response.text)
     assert len(events) == 3, events
@@ -649,7 +643,7 @@ async def test_after_a_cut_new_requests_get_a_503_without_reaching_the_service(
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
         inflight.cut(service_restarting())
         refused = await client.post("/v1/chat/completions", json=CHAT)
-        streamed = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        streamed = await client.post("/v1/chat/completions", json=STREAMED_CHAT)
     for response in (refused, streamed):
         error = error_of(response, 503)
         assert error["code"] == "service_restarting" and response.headers["retry-after"] == "5"

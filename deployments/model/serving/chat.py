@@ -120,11 +120,7 @@ class ChatServing(Serving):
             id=request_id,
             model=request.model,
             choices=wire_choices,
-            usage=Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            ),
+            usage=Usage.counted(prompt_tokens, completion_tokens),
         )
 
     async def stream(
@@ -168,11 +164,7 @@ class ChatServing(Serving):
             completion_tokens = sum(len(state.token_ids) for state in choices)
             yield chunk(
                 [],
-                Usage(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
-                ),
+                Usage.counted(prompt_tokens, completion_tokens),
             )
 
     @staticmethod

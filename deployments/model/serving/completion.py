@@ -100,11 +100,7 @@ class CompletionServing(Serving):
             id=request_id,
             model=request.model,
             choices=choices,
-            usage=Usage(
-                prompt_tokens=total_prompt,
-                completion_tokens=completion_tokens,
-                total_tokens=total_prompt + completion_tokens,
-            ),
+            usage=Usage.counted(total_prompt, completion_tokens),
         )
 
     async def stream(self, request: CompletionRequest, request_id: str) -> AsyncIterator[CompletionChunk]:
@@ -147,9 +143,5 @@ class CompletionServing(Serving):
                 created=created,
                 model=request.model,
                 choices=[],
-                usage=Usage(
-                    prompt_tokens=total_prompt,
-                    completion_tokens=completion_tokens,
-                    total_tokens=total_prompt + completion_tokens,
-                ),
+                usage=Usage.counted(total_prompt, completion_tokens),
             )

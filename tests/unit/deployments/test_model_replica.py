@@ -1,187 +1,107 @@
 """deployments/model/replica.py: load/unload, the drain and its cut, stop handling and reconciling,
-with a FakeEngine, a FakeDirectoryClient and a FakeClock (no Ray, no real waiting).
-
-Requests go the way deployments/model/server.py sends them: `replica.serving()[0].stream(...)`
-inside `replica.admitted()`."""
+with a FakeEngine, a FakeDirectoryClient and a FakeClock (no Ray, no real waiting); the replica and
+its fakes come as a Rig (replica_rig.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
-from deployments.model.replica import DRAIN_POLL_S, RECONCILE_PERIOD_S, DrainBudgets, ModelReplica
-from serve_app.config.app_args import RequestLimits
-from serve_app.contracts import DesiredState
-from serve_app.errors import ModelNotLoaded, ServiceError, ServiceUnavailable
-from serve_app.protocol import ChatCompletionChunk, ChatCompletionRequest, ModelState
+from deployments.model.replica import DRAIN_POLL_S, RECONCILE_PERIOD_S, DrainBudgets
+from serve_app.errors import ModelNotLoaded, ServiceUnavailable
+from serve_app.protocol import ChatCompletionChunk
 
-from ..fakes import FakeClock, FakeEngine
-
-MODEL = "qwen2.5-7b"
-REPLICA = "replica-1"
-BUDGETS = DrainBudgets(unload_s=2.0, shutdown_s=30.0, margin_s=5.0)
-TURNS = 200
-
-
-async def turns_until(predicate: Callable[[], bool], turns: int = TURNS) -> None:
-    for _ in range(turns):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    assert predicate(), f"not reached within {turns} loop turns"
-
-
-class FakeDirectoryClient:
-    """The ModelDirectory as a replica sees it: records reports, answers `desired`; `stopping`
-    answers is_stopping; `report_errors` makes that many next reports raise."""
-
-    def __init__(self, desired: DesiredState = "loaded") -> None:
-        self.desired = desired
-        self.stopping = False
-        self.report_errors = 0
-        self.reports: list[tuple[ModelState, str | None]] = []
-        self.stop_questions = 0
-
-    async def report(
-        self, model_id: str, replica_id: str, state: ModelState, error: str | None
-    ) -> DesiredState:
-        assert (model_id, replica_id) == (MODEL, REPLICA)
-        if self.report_errors:
-            self.report_errors -= 1
-            raise ConnectionError("directory unreachable")
-        self.reports.append((state, error))
-        return self.desired
-
-    async def is_stopping(self, replica_id: str) -> bool:
-        assert replica_id == REPLICA
-        self.stop_questions += 1
-        return self.stopping
-
-    @property
-    def states(self) -> list[ModelState]:
-        return [state for state, _ in self.reports]
+from ..fakes import FakeEngine
+from ..support import turns_until
+from .replica_rig import (
+    BUDGETS,
+    MODEL,
+    Rig,
+    StreamingRig,
+    admission_error,
+    chat_stream,
+    content_of,
+    make_rig,
+    started_rig,
+    streaming_rig,
+    unload_into_its_drain,
+)
 
 
-def make_replica(
-    engine: FakeEngine | None = None,
-    directory: FakeDirectoryClient | None = None,
-    clock: FakeClock | None = None,
-    budgets: DrainBudgets = BUDGETS,
-) -> ModelReplica:
-    clock = clock or FakeClock()
-    engine = engine or FakeEngine()
-    engine.clock = clock
-    return ModelReplica(
-        MODEL,
-        REPLICA,
-        engine,
-        RequestLimits(),
-        directory or FakeDirectoryClient(),
-        budgets,
-        clock=clock,
-        sleep=clock.sleep,
-    )
+@pytest.fixture
+async def ready() -> Rig:
+    """A started replica, its model loaded, on a clock whose sleeps return at once."""
+    return await started_rig()
 
 
-def chat_request() -> ChatCompletionRequest:
-    return ChatCompletionRequest.model_validate(
-        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    )
+@pytest.fixture
+async def streaming() -> StreamingRig:
+    """A stream open on a started replica whose sleeps return at once (a drain runs out at once)."""
+    return await streaming_rig()
 
 
-async def chat_stream(replica: ModelReplica, received: list[ChatCompletionChunk]) -> None:
-    with replica.admitted():
-        chunks = await replica.serving()[0].stream(chat_request(), "req-1")
-        async for chunk in chunks:
-            received.append(chunk)
-
-
-def content_of(chunks: list[ChatCompletionChunk]) -> str:
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-
-
-def admission_error(replica: ModelReplica) -> ServiceError:
-    with pytest.raises(ServiceError) as refused, replica.admitted():
-        pytest.fail("the request was admitted")
-    return refused.value
-
-
-async def open_paused_stream(
-    replica: ModelReplica, engine: FakeEngine
-) -> tuple[asyncio.Task[None], list[ChatCompletionChunk]]:
-    """A stream that has sent its first content chunk and waits on the engine."""
-    received: list[ChatCompletionChunk] = []
-    task = asyncio.create_task(chat_stream(replica, received))
-    await turns_until(lambda: engine.paused == 1 and len(received) == 2)
-    assert replica.inflight == 1
-    return task, received
+@pytest.fixture
+async def streaming_on_held_clock() -> StreamingRig:
+    """A stream open on a started replica whose clock moves only by `clock.advance`."""
+    return await streaming_rig(auto_clock=False)
 
 
 # ---------------------------------------------------------------- start
 
 
 async def test_start_loads_when_the_model_is_desired_loaded() -> None:
-    engine, directory = FakeEngine(), FakeDirectoryClient("loaded")
-    replica = make_replica(engine, directory)
-    await replica.start()
-    assert replica.state == "ready" and engine.running and engine.starts == 1
-    assert directory.states == ["unloaded", "loading"]
+    rig = make_rig(desired="loaded")
+    await rig.replica.start()
+    assert rig.replica.state == "ready" and rig.engine.running and rig.engine.starts == 1
+    assert rig.directory.states == ["unloaded", "loading"]
     received: list[ChatCompletionChunk] = []
-    await chat_stream(replica, received)
+    await chat_stream(rig.replica, received)
     assert content_of(received) == "Hello there!"
     assert received[-1].choices[0].finish_reason == "stop"
-    assert replica.inflight == 0
+    assert rig.replica.inflight == 0
 
 
 async def test_start_does_not_load_when_the_model_is_desired_unloaded() -> None:
-    engine, directory = FakeEngine(), FakeDirectoryClient("unloaded")
-    replica = make_replica(engine, directory)
-    await replica.start()
-    assert replica.state == "unloaded" and engine.starts == 0 and not engine.running
-    assert directory.states == ["unloaded"]
-    error = admission_error(replica)
+    rig = make_rig(desired="unloaded")
+    await rig.replica.start()
+    assert rig.replica.state == "unloaded" and rig.engine.starts == 0 and not rig.engine.running
+    assert rig.directory.states == ["unloaded"]
+    error = admission_error(rig.replica)
     assert isinstance(error, ModelNotLoaded) and error.status == 409
 
 
 async def test_an_engine_that_cannot_start_fails_the_replica() -> None:
-    engine = FakeEngine(start_error=RuntimeError("CUDA out of memory"))
-    directory = FakeDirectoryClient("loaded")
-    replica = make_replica(engine, directory)
+    rig = make_rig(FakeEngine(start_error=RuntimeError("CUDA out of memory")), desired="loaded")
     with pytest.raises(RuntimeError, match=f"engine of {MODEL} failed to start"):
-        await replica.start()
-    assert replica.state == "failed"
-    assert replica.error == "engine failed to start: RuntimeError"
-    assert engine.shutdowns == 1  # what the engine had started is stopped
-    assert directory.reports[-1] == ("failed", "engine failed to start: RuntimeError")
-    error = admission_error(replica)
+        await rig.replica.start()
+    assert rig.replica.state == "failed"
+    assert rig.replica.error == "engine failed to start: RuntimeError"
+    assert rig.engine.shutdowns == 1  # what the engine had started is stopped
+    assert rig.directory.reports[-1] == ("failed", "engine failed to start: RuntimeError")
+    error = admission_error(rig.replica)
     assert isinstance(error, ServiceUnavailable) and error.code == "model_loading"
 
 
 # ---------------------------------------------------------------- unload
 
 
-async def test_unload_without_open_requests_shuts_the_engine_down_at_once() -> None:
-    engine, directory, clock = FakeEngine(), FakeDirectoryClient(), FakeClock()
-    replica = make_replica(engine, directory, clock)
-    await replica.start()
+async def test_unload_without_open_requests_shuts_the_engine_down_at_once(ready: Rig) -> None:
+    replica, engine = ready.replica, ready.engine
     await replica.unload()
     assert replica.state == "unloaded" and engine.shutdowns == 1 and not engine.running
-    assert engine.aborted_all == 0 and clock.sleeps == []
-    assert directory.states[-1] == "unloading"
+    assert engine.aborted_all == 0 and ready.clock.sleeps == []
+    assert ready.directory.states[-1] == "unloading"
     assert isinstance(admission_error(replica), ModelNotLoaded)
 
 
-async def test_unload_cuts_a_stream_that_outlasts_the_drain_with_model_unloading() -> None:
-    engine = FakeEngine(pause_after=1)
-    clock = FakeClock(auto=False)
-    replica = make_replica(engine, clock=clock)
-    await replica.start()
-    stream, received = await open_paused_stream(replica, engine)
+async def test_unload_cuts_a_stream_that_outlasts_the_drain_with_model_unloading(
+    streaming_on_held_clock: StreamingRig,
+) -> None:
+    rig = streaming_on_held_clock
+    replica, engine, clock, stream = rig.replica, rig.engine, rig.clock, rig.stream
 
-    unloading = asyncio.create_task(replica.unload())
-    await turns_until(lambda: replica.state == "unloading" and clock.sleeping == 1)
+    unloading = await unload_into_its_drain(rig)
     await clock.advance(BUDGETS.unload_s - DRAIN_POLL_S)
     assert engine.aborted_all == 0 and not stream.done() and engine.running  # still within budget
     await clock.advance(2 * DRAIN_POLL_S)
@@ -196,37 +116,33 @@ async def test_unload_cuts_a_stream_that_outlasts_the_drain_with_model_unloading
     error = stream.exception()
     assert isinstance(error, ServiceUnavailable)
     assert (error.status, error.code, error.retry_after_s) == (503, "model_unloading", 5)
-    assert content_of(received) == "Hello"  # what was sent before the cut stays sent
-    assert all(c.choices[0].finish_reason is None for c in received if c.choices)
+    assert content_of(rig.received) == "Hello"  # what was sent before the cut stays sent
+    assert all(c.choices[0].finish_reason is None for c in rig.received if c.choices)
     assert engine.shutdowns == 1 and not engine.running and replica.state == "unloaded"
     assert replica.inflight == 0
 
 
-async def test_requests_during_an_unload_get_model_not_loaded() -> None:
-    engine = FakeEngine(pause_after=1)
-    clock = FakeClock(auto=False)
-    replica = make_replica(engine, clock=clock)
-    await replica.start()
-    stream, _ = await open_paused_stream(replica, engine)
-    unloading = asyncio.create_task(replica.unload())
-    await turns_until(lambda: replica.state == "unloading" and clock.sleeping == 1)
+async def test_requests_during_an_unload_get_model_not_loaded(
+    streaming_on_held_clock: StreamingRig,
+) -> None:
+    rig = streaming_on_held_clock
+    replica, clock = rig.replica, rig.clock
+    unloading = await unload_into_its_drain(rig)
     error = admission_error(replica)
     assert isinstance(error, ModelNotLoaded) and (error.status, error.code) == (409, "model_not_loaded")
-    engine.release()
-    await turns_until(stream.done)
+    rig.engine.release()
+    await turns_until(rig.stream.done)
     await clock.advance(DRAIN_POLL_S)
     await unloading
-    assert stream.exception() is None
+    assert rig.stream.exception() is None
 
 
-async def test_a_request_that_ends_within_the_unload_budget_completes_normally() -> None:
-    engine = FakeEngine(pause_after=1)
-    clock = FakeClock(auto=False)
-    replica = make_replica(engine, clock=clock)
-    await replica.start()
-    stream, received = await open_paused_stream(replica, engine)
-    unloading = asyncio.create_task(replica.unload())
-    await turns_until(lambda: replica.state == "unloading" and clock.sleeping == 1)
+async def test_a_request_that_ends_within_the_unload_budget_completes_normally(
+    streaming_on_held_clock: StreamingRig,
+) -> None:
+    rig = streaming_on_held_clock
+    replica, engine, clock, stream = rig.replica, rig.engine, rig.clock, rig.stream
+    unloading = await unload_into_its_drain(rig)
     await clock.advance(BUDGETS.unload_s / 2)
     assert engine.running and not stream.done()
     engine.release()
@@ -235,22 +151,20 @@ async def test_a_request_that_ends_within_the_unload_budget_completes_normally()
     await clock.advance(DRAIN_POLL_S)
     await unloading
     assert stream.exception() is None
-    assert content_of(received) == "Hello there!"
-    assert received[-1].choices[0].finish_reason == "stop"
+    assert content_of(rig.received) == "Hello there!"
+    assert rig.received[-1].choices[0].finish_reason == "stop"
     assert engine.aborted_all == 0 and replica.cut_error is None
     assert engine.shutdowns == 1 and replica.state == "unloaded"
 
 
-async def test_after_an_unload_that_cut_requests_the_model_answers_model_not_loaded() -> None:
-    engine = FakeEngine(pause_after=1)
-    replica = make_replica(engine)  # auto clock: the drain runs out at once
-    await replica.start()
-    stream, _ = await open_paused_stream(replica, engine)
-    await replica.unload()
+async def test_after_an_unload_that_cut_requests_the_model_answers_model_not_loaded(
+    streaming: StreamingRig,
+) -> None:
+    await streaming.replica.unload()  # the drain runs out at once
     with pytest.raises(ServiceUnavailable, match="being unloaded"):
-        await stream
-    assert replica.state == "unloaded" and engine.aborted_all == 1
-    error = admission_error(replica)
+        await streaming.stream
+    assert streaming.replica.state == "unloaded" and streaming.engine.aborted_all == 1
+    error = admission_error(streaming.replica)
     assert isinstance(error, ModelNotLoaded), f"{error.status} {error.code}"
 
 
@@ -261,26 +175,19 @@ def traceback_length(error: BaseException) -> int:
     return length
 
 
-async def test_refusals_after_a_cut_do_not_accumulate_tracebacks() -> None:
-    engine = FakeEngine(pause_after=1)
-    replica = make_replica(engine)
-    await replica.start()
-    stream, _ = await open_paused_stream(replica, engine)
-    await replica.unload()
+async def test_refusals_after_a_cut_do_not_accumulate_tracebacks(streaming: StreamingRig) -> None:
+    await streaming.replica.unload()
     with pytest.raises(ServiceUnavailable):
-        await stream
-    lengths = [traceback_length(admission_error(replica)) for _ in range(20)]
+        await streaming.stream
+    lengths = [traceback_length(admission_error(streaming.replica)) for _ in range(20)]
     assert lengths[-1] == lengths[0], lengths
 
 
-async def test_a_reload_after_a_cut_unload_admits_requests_again() -> None:
-    engine = FakeEngine(pause_after=1)
-    replica = make_replica(engine)
-    await replica.start()
-    stream, _ = await open_paused_stream(replica, engine)
+async def test_a_reload_after_a_cut_unload_admits_requests_again(streaming: StreamingRig) -> None:
+    replica = streaming.replica
     await replica.unload()
     with pytest.raises(ServiceUnavailable, match="being unloaded"):
-        await stream
+        await streaming.stream
     await replica.load()
     received: list[ChatCompletionChunk] = []
     await chat_stream(replica, received)  # no longer pauses: the abort released the engine
@@ -290,19 +197,17 @@ async def test_a_reload_after_a_cut_unload_admits_requests_again() -> None:
 # ---------------------------------------------------------------- stop (redeploy, downscale)
 
 
-async def test_a_stopping_replica_refuses_new_requests_and_cuts_open_ones_at_budget_minus_margin() -> None:
-    engine = FakeEngine(pause_after=1)
-    clock = FakeClock(auto=False)
-    directory = FakeDirectoryClient()
-    replica = make_replica(engine, directory, clock)
-    await replica.start()
-    stream, received = await open_paused_stream(replica, engine)
+async def test_a_stopping_replica_refuses_new_requests_and_cuts_open_ones_at_budget_minus_margin(
+    streaming_on_held_clock: StreamingRig,
+) -> None:
+    rig = streaming_on_held_clock
+    replica, engine, clock, directory, stream = rig.replica, rig.engine, rig.clock, rig.directory, rig.stream
 
     watcher = asyncio.create_task(replica.watch_for_stop())
     await turns_until(lambda: clock.sleeping == 1)
     await clock.advance(5.0)  # five polls: not stopping
     assert directory.stop_questions == 6 and not replica.stopping
-    received_before = len(received)
+    received_before = len(rig.received)
 
     directory.stopping = True
     await clock.advance(1.0)
@@ -326,19 +231,15 @@ async def test_a_stopping_replica_refuses_new_requests_and_cuts_open_ones_at_bud
     error = stream.exception()
     assert isinstance(error, ServiceUnavailable)
     assert (error.status, error.code, error.retry_after_s) == (503, "model_restarting", 5)
-    assert len(received) == received_before and content_of(received) == "Hello"
+    assert len(rig.received) == received_before and content_of(rig.received) == "Hello"
     assert replica.inflight == 0
 
 
-async def test_a_stopping_replica_with_nothing_open_cuts_nothing_and_keeps_refusing() -> None:
-    engine = FakeEngine()
-    directory = FakeDirectoryClient()
-    directory.stopping = True
-    replica = make_replica(engine, directory)
-    await replica.start()
-    await replica.watch_for_stop()
-    assert engine.aborted_all == 1 and replica.inflight == 0
-    error = admission_error(replica)
+async def test_a_stopping_replica_with_nothing_open_cuts_nothing_and_keeps_refusing(ready: Rig) -> None:
+    ready.directory.stopping = True
+    await ready.replica.watch_for_stop()
+    assert ready.engine.aborted_all == 1 and ready.replica.inflight == 0
+    error = admission_error(ready.replica)
     assert isinstance(error, ServiceUnavailable) and error.code == "model_restarting"
 
 
@@ -346,11 +247,8 @@ async def test_a_stopping_replica_with_nothing_open_cuts_nothing_and_keeps_refus
 
 
 async def test_reconcile_forever_follows_the_desired_state() -> None:
-    engine = FakeEngine()
-    directory = FakeDirectoryClient("unloaded")
-    clock = FakeClock()
-    replica = make_replica(engine, directory, clock)
-    await replica.start()
+    rig = await started_rig(desired="unloaded")
+    replica, engine, directory, clock = rig.replica, rig.engine, rig.directory, rig.clock
     reconciler = asyncio.create_task(replica.reconcile_forever())
 
     await turns_until(lambda: len(clock.sleeps) >= 3)
@@ -377,14 +275,10 @@ async def test_reconcile_forever_follows_the_desired_state() -> None:
 
 
 async def test_reconcile_keeps_reporting_while_an_unload_drains() -> None:
-    engine = FakeEngine(pause_after=1)
-    directory = FakeDirectoryClient("loaded")
-    clock = FakeClock(auto=False)
-    replica = make_replica(
-        engine, directory, clock, DrainBudgets(unload_s=60.0, shutdown_s=30.0, margin_s=5.0)
+    rig = await streaming_rig(
+        auto_clock=False, budgets=DrainBudgets(unload_s=60.0, shutdown_s=30.0, margin_s=5.0)
     )
-    await replica.start()
-    stream, _ = await open_paused_stream(replica, engine)
+    replica, engine, directory, clock = rig.replica, rig.engine, rig.directory, rig.clock
     reconciler = asyncio.create_task(replica.reconcile_forever())
     await turns_until(lambda: clock.sleeping == 1)
 
@@ -397,25 +291,23 @@ async def test_reconcile_keeps_reporting_while_an_unload_drains() -> None:
     assert directory.states[-1] == "unloading" and engine.starts == 1 and engine.aborted_all == 0
 
     engine.release()
-    await turns_until(stream.done)
+    await turns_until(rig.stream.done)
     await clock.advance(RECONCILE_PERIOD_S)
     await turns_until(lambda: replica.state == "unloaded")
-    assert stream.exception() is None and engine.shutdowns == 1 and engine.aborted_all == 0
+    assert rig.stream.exception() is None and engine.shutdowns == 1 and engine.aborted_all == 0
     reconciler.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reconciler
 
 
-async def test_stop_ends_a_late_request_with_model_restarting_not_a_dead_engine() -> None:
+async def test_stop_ends_a_late_request_with_model_restarting_not_a_dead_engine(
+    streaming: StreamingRig,
+) -> None:
     # Serve may route a request here just before the replica stops; __del__ (stop) must end it as a
     # clean, retryable restart, then shut the engine down.
-    engine = FakeEngine(pause_after=1)
-    replica = make_replica(engine)
-    await replica.start()
-    stream, _ = await open_paused_stream(replica, engine)
-    await replica.stop()
+    await streaming.replica.stop()
     with pytest.raises(ServiceUnavailable) as ended:
-        await stream
+        await streaming.stream
     assert ended.value.code == "model_restarting"
-    assert engine.aborted_all == 1 and engine.shutdowns == 1
-    assert admission_error(replica).code == "model_restarting"
+    assert streaming.engine.aborted_all == 1 and streaming.engine.shutdowns == 1
+    assert admission_error(streaming.replica).code == "model_restarting"
