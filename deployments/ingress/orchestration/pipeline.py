@@ -216,12 +216,7 @@ class Pipeline:
                 error = self._step_error(exc)
                 pause = STEP_RETRY_PAUSES_S[attempt] if attempt < len(STEP_RETRY_PAUSES_S) else None
                 loop_time = asyncio.get_running_loop().time()
-                if (
-                    sent
-                    or error.code not in RESTART_CODES
-                    or pause is None
-                    or loop_time + pause >= deadline
-                ):
+                if sent or error.code not in RESTART_CODES or pause is None or loop_time + pause >= deadline:
                     raise self._fail(error, role, client.model_id, round_) from None
                 # The step's replica was stopping (a redeploy, a scale-down) or its engine died, and
                 # nothing of it reached the caller: the same step again goes to a live replica.
