@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from ray import serve
@@ -34,11 +35,14 @@ from serve_app.config.resources import (
     GPU_INGRESS_CPUS,
     GPU_MODEL_REPLICA_CPUS,
 )
+from serve_app.tracing import TracingSettings
 
 logger = logging.getLogger("ray.serve")
 
 
-def engine_config(spec: ModelSpec, args: AppArgs) -> EngineConfig:
+def engine_config(spec: ModelSpec, args: AppArgs, tracing: TracingSettings | None = None) -> EngineConfig:
+    # vLLM exports its own per-request span to the same endpoint (its `otlp_traces_endpoint`).
+    engine_traces = tracing.traces_endpoint if tracing is not None and tracing.engine_spans else None
     if args.profile == "cpu":
         return EngineConfig(
             model_path=str(args.cpu.checkpoint_path()),
@@ -51,6 +55,7 @@ def engine_config(spec: ModelSpec, args: AppArgs) -> EngineConfig:
             enforce_eager=True,
             cpu=True,
             stream_interval=args.stream_interval,
+            otlp_traces_endpoint=engine_traces,
         )
     return EngineConfig(
         model_path=spec.hf_source,
@@ -62,14 +67,25 @@ def engine_config(spec: ModelSpec, args: AppArgs) -> EngineConfig:
         reasoning_parser=spec.reasoning_parser,
         tool_parser=spec.tool_parser,
         stream_interval=args.stream_interval,
+        otlp_traces_endpoint=engine_traces,
     )
 
 
-def actor_options(spec: ModelSpec, args: AppArgs) -> dict[str, Any]:
+def actor_options(
+    spec: ModelSpec,
+    args: AppArgs,
+    tracing: TracingSettings | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    engine_traced = tracing is not None and tracing.engine_spans
+    env = tracing.engine_env(environ or {}) if tracing is not None and engine_traced else {}
     if args.profile == "cpu":
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(args.cpu.kv_cache_space_gb)}
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(args.cpu.kv_cache_space_gb)
         return {"num_cpus": args.cpu.num_cpus, "runtime_env": {"env_vars": env}}
-    return {"num_gpus": spec.gpu_fraction, "num_cpus": GPU_MODEL_REPLICA_CPUS}
+    options: dict[str, Any] = {"num_gpus": spec.gpu_fraction, "num_cpus": GPU_MODEL_REPLICA_CPUS}
+    if env:
+        options["runtime_env"] = {"env_vars": env}
+    return options
 
 
 def build_app(raw_args: dict[str, Any] | None = None) -> Application:
@@ -92,6 +108,10 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
             "build it with: python -m scripts.tiny_checkpoint"
         )
     logger.info("building preset %s (%s profile): %s", preset.name, args.profile, list(preset.models))
+    # Off unless an OTLP endpoint is configured; resolved once here and handed to every deployment.
+    tracing = args.tracing.settings(os.environ)
+    if tracing is not None:
+        logger.info("tracing: exporting spans over OTLP %s to %s", tracing.protocol, tracing.traces_endpoint)
 
     directory = ModelDirectory.bind(list(preset.models))  # type: ignore[attr-defined]
     handles = {}
@@ -99,7 +119,7 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
         spec = catalog.get(model_id)
         deployment = serve.deployment(ModelServer).options(  # type: ignore[attr-defined]
             name=model_id,
-            ray_actor_options=actor_options(spec, args),
+            ray_actor_options=actor_options(spec, args, tracing, os.environ),
             **serving[model_id].deployment_options(),
         )
         budgets = DrainBudgets(
@@ -109,7 +129,7 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
         )
         handles[model_id] = deployment.bind(
             model_id,
-            engine_config(spec, args),
+            engine_config(spec, args, tracing),
             args.limits,
             directory,
             budgets,
@@ -127,4 +147,4 @@ def build_app(raw_args: dict[str, Any] | None = None) -> Application:
     quota_store = serve.deployment(QuotaStore).options(  # type: ignore[attr-defined]
         name="quota-store", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
     )
-    return ingress.bind(args, catalog, preset, fits, handles, directory, quota_store.bind())
+    return ingress.bind(args, catalog, preset, fits, handles, directory, quota_store.bind(), tracing)

@@ -6,7 +6,7 @@ The serving classes only see these types, so they are tested with a fake engine 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -147,8 +147,14 @@ class Engine(Protocol):
         """A fresh tool-call parser for one choice, or None for models without one."""
 
     def generate(
-        self, prompt_token_ids: list[int], sampling: SamplingSpec, request_id: str
-    ) -> AsyncIterator[EngineStep]: ...
+        self,
+        prompt_token_ids: list[int],
+        sampling: SamplingSpec,
+        request_id: str,
+        trace_headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[EngineStep]:
+        """`trace_headers`: the W3C context of the caller's span, under which an engine that traces
+        records its own span (vLLM's llm_request)."""
 
     async def abort(self, request_id: str) -> None: ...
 

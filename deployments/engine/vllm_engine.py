@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,8 @@ class EngineConfig:
     seed: int = 0
     cpu: bool = False
     stream_interval: int = 1
+    # Where vLLM exports its own per-request span (`llm_request`); None: vLLM does not trace.
+    otlp_traces_endpoint: str | None = None
 
 
 class VllmReasoningSplitter:
@@ -175,6 +177,9 @@ class VLLMEngine:
             structured_outputs_config=StructuredOutputsConfig(
                 backend="xgrammar", disable_any_whitespace=True
             ),
+            # vLLM's tracer exports with the protocol of OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, which the
+            # builder sets in this replica's environment (serve_app/tracing.py engine_env).
+            otlp_traces_endpoint=self.config.otlp_traces_endpoint,
         )
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
@@ -278,7 +283,11 @@ class VLLMEngine:
         )
 
     async def generate(
-        self, prompt_token_ids: list[int], sampling: SamplingSpec, request_id: str
+        self,
+        prompt_token_ids: list[int],
+        sampling: SamplingSpec,
+        request_id: str,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[EngineStep]:
         from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
@@ -299,6 +308,8 @@ class VLLMEngine:
                 params,
                 request_id=request_id,
                 priority=sampling.priority,
+                # The caller's span becomes the parent of vLLM's llm_request span.
+                trace_headers=trace_headers if self.config.otlp_traces_endpoint else None,
             ):
                 produced = True
                 yield EngineStep(

@@ -23,6 +23,7 @@ from serve_app.config.fit import ModelFit
 from serve_app.draining import InflightRequests, watch_for_stop
 from serve_app.errors import restarting
 from serve_app.metrics import RayRequestMetrics, RayTenantMetrics
+from serve_app.tracing import TracingSettings, make_tracer
 
 # The share of a model's slots kept free of the lower tiers for the high tier.
 HIGH_TIER_RESERVED_SHARE = 0.25
@@ -54,24 +55,33 @@ class Ingress:
         model_handles: dict[str, Any],
         directory_handle: Any,
         quota_store: Any,
+        tracing: TracingSettings | None = None,
     ):
         # Every model call is charged to the caller's key, and tenants wait by tier at the model's
         # gate (deployments/ingress/tenancy/metering.py, admission.py).
-        directory = HandleDirectoryClient(directory_handle, serve.get_replica_context().app_name)
+        context = serve.get_replica_context()
+        directory = HandleDirectoryClient(directory_handle, context.app_name)
+        # None unless tracing is on (serve_app/tracing.py): then every layer below adds its spans.
+        self.tracer = make_tracer(tracing, f"{context.app_name}.ingress", context.replica_id.unique_id)
         clients: dict[str, HandleModelClient] = {
             model_id: MeteredModelClient(
-                model_id, h, tier_gate(args.serving_overrides.get(model_id, catalog.get(model_id).serving))
+                model_id,
+                h,
+                tier_gate(args.serving_overrides.get(model_id, catalog.get(model_id).serving)),
+                self.tracer,
             )
             for model_id, h in model_handles.items()
         }
         self.metrics = RayRequestMetrics()
         self.tenant_metrics = RayTenantMetrics()
-        self.service = RequestDispatcher(args, catalog, preset, fits, clients, directory, self.metrics)
+        self.service = RequestDispatcher(
+            args, catalog, preset, fits, clients, directory, self.metrics, tracer=self.tracer
+        )
         # INFERENCE_API_KEY / INFERENCE_ADMIN_KEY (unlimited) plus the INFERENCE_KEYS_FILE policies.
         self.policy = KeyRing.from_env(time.monotonic)
         self.quota = Quota(HandleQuotaStore(quota_store), time.monotonic)
         self.inflight = InflightRequests()
-        replica_id = serve.get_replica_context().replica_id.unique_id
+        replica_id = context.replica_id.unique_id
         budget = args.ingress.graceful_shutdown_timeout_s
 
         async def is_stopping() -> bool:
@@ -91,5 +101,11 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> Any:
         return build_api(
-            self.service, self.policy, self.metrics, self.inflight, self.quota, self.tenant_metrics
+            self.service,
+            self.policy,
+            self.metrics,
+            self.inflight,
+            self.quota,
+            self.tenant_metrics,
+            self.tracer,
         )

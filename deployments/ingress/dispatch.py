@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.trace import Tracer
+
 from deployments.ingress.model_client import ModelClient
 from deployments.ingress.orchestration.pipeline import CritiquePipeline, EnsemblePipeline, Pipeline
 from deployments.ingress.orchestration.render import render_response, render_stream
@@ -56,8 +58,11 @@ class RequestDispatcher:
         clients: Mapping[str, ModelClient],
         directory: IngressDirectory,
         metrics: RequestMetrics | None = None,
+        *,
+        tracer: Tracer | None = None,
     ):
         self.args = args
+        self.tracer = tracer  # pipelines trace their steps with it
         self.catalog = catalog
         self.preset = preset
         self.fits = fits
@@ -277,6 +282,7 @@ class RequestDispatcher:
                 await self._require_ready(generator, "orchestration.generator"),
                 await self._require_ready(critic, "orchestration.critic"),
                 rounds,
+                tracer=self.tracer,
             )
         candidates = orchestration.models or list(self.preset.models)
         if len(candidates) < 2:
@@ -298,6 +304,7 @@ class RequestDispatcher:
             timeout,
             [await self._require_ready(m, "orchestration.models") for m in candidates],
             await self._require_ready(judge, "orchestration.judge"),
+            tracer=self.tracer,
         )
 
     async def chat(

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from opentelemetry.trace import Span, Tracer
 from starlette.exceptions import HTTPException
 
 from deployments.ingress.tenancy.keys import KeyTable, Principal, Role
@@ -31,6 +32,7 @@ from serve_app.errors import (
     to_service_error,
 )
 from serve_app.metrics import NoMetrics, NoTenantMetrics, RequestMetrics, TenantMetrics
+from serve_app.tracing import ended
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -147,8 +149,10 @@ class HttpGuard:
         inflight: InflightRequests | None = None,
         quota: Quota | None = None,
         tenant_metrics: TenantMetrics | None = None,
+        tracer: Tracer | None = None,
     ):
         self.app = app
+        self.tracer = tracer
         self.policy = policy
         self.quota = quota
         self.tenant_metrics = tenant_metrics or NoTenantMetrics()
@@ -201,7 +205,8 @@ class HttpGuard:
                 raise PayloadTooLarge(f"Request body exceeds {self.max_body_bytes} bytes.")
             if self.quota is not None and path in METERED_ROUTES:
                 try:
-                    admission = await self.quota.admit(principal)
+                    with ended(self._admission_span(principal)):
+                        admission = await self.quota.admit(principal)
                 except ServiceError:
                     raise
                 except Exception as exc:  # the quota store unreachable: 503, never a bare 500
@@ -227,6 +232,14 @@ class HttpGuard:
                 await admission.release()
                 if admission.principal is not None:
                     self.tenant_metrics.tokens(admission.principal.tenant, admission.tokens)
+
+    def _admission_span(self, principal: Principal | None) -> Span | None:
+        """Waiting for admission: the key's rate limits (a round trip to the quota store when its
+        lease is spent), a child of the request's HTTP span."""
+        if self.tracer is None:
+            return None
+        tenant = principal.tenant if principal is not None else "anonymous"
+        return self.tracer.start_span("admission", attributes={"inference.tenant": tenant})
 
     def _snapshot_headers(self, principal: Principal | None) -> dict[str, str]:
         return self.quota.snapshot_headers(principal) if self.quota is not None else {}

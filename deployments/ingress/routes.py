@@ -8,13 +8,16 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from opentelemetry.trace import Tracer
 from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from deployments.ingress.dispatch import LoadResult, RequestDispatcher
 from deployments.ingress.http_guard import HttpGuard, KeySource, check_model_allowed, note_error, note_model
 from deployments.ingress.tenancy.quota import Quota
+from deployments.ingress.tracing import TracingMiddleware
 from serve_app.draining import InflightRequests
 from serve_app.errors import (
     InvalidRequest,
@@ -114,11 +117,13 @@ def build_api(
     inflight: InflightRequests | None = None,
     quota: Quota | None = None,
     tenant_metrics: TenantMetrics | None = None,
-) -> HttpGuard:
-    """The ingress's ASGI app: the FastAPI routes behind `HttpGuard`.
+    tracer: Tracer | None = None,
+) -> ASGIApp:
+    """The ingress's ASGI app: the FastAPI routes behind `HttpGuard` (behind `TracingMiddleware`,
+    which opens each request's root span, when tracing is on).
 
-    The guard is the outermost layer on purpose: Ray Serve adds its own plain-text handlers for
-    BackPressureError to any app that has `add_exception_handler`, which would replace our
+    Neither outer layer is a Starlette app on purpose: Ray Serve adds its own plain-text handlers
+    for BackPressureError to any app that has `add_exception_handler`, which would replace our
     OpenAI-format 429s; the guard has no such method, so our handlers stay in charge."""
     app = FastAPI(
         title="Inference cluster",
@@ -174,6 +179,7 @@ def build_api(
             return await stream_response(result, request, inflight)
         return JSONResponse(result.model_dump(exclude_none=True))
 
-    return HttpGuard(
-        app, policy, service.args.limits.max_body_bytes, metrics, inflight, quota, tenant_metrics
+    guard = HttpGuard(
+        app, policy, service.args.limits.max_body_bytes, metrics, inflight, quota, tenant_metrics, tracer
     )
+    return guard if tracer is None else TracingMiddleware(guard, tracer)

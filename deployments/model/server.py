@@ -28,6 +28,7 @@ from serve_app.protocol import (
     CompletionResponse,
 )
 from serve_app.sse import encode_event
+from serve_app.tracing import TraceHeaders
 
 
 class ModelServer:
@@ -73,17 +74,24 @@ class ModelServer:
 
     # ------------------------------------------------------------------ requests
 
+    # `trace_headers`: the W3C context of the ingress's model-call span, when the request is traced;
+    # the engine's own span (vLLM's llm_request) goes under it.
+
     async def chat_completion(
-        self, request: ChatCompletionRequest, request_id: str
+        self, request: ChatCompletionRequest, request_id: str, trace_headers: TraceHeaders | None = None
     ) -> ChatCompletionResponse:
         with self.replica.admitted():
-            return await self.replica.serving()[0].create(request, request_id)
+            return await self.replica.serving()[0].create(request, request_id, trace_headers)
 
     async def chat_completion_stream(
-        self, request: ChatCompletionRequest, request_id: str, encoded: bool = True
+        self,
+        request: ChatCompletionRequest,
+        request_id: str,
+        encoded: bool = True,
+        trace_headers: TraceHeaders | None = None,
     ) -> AsyncIterator[str | ChatCompletionChunk]:
         with self.replica.admitted():
-            chunks = await self.replica.serving()[0].stream(request, request_id)
+            chunks = await self.replica.serving()[0].stream(request, request_id, trace_headers)
             if encoded:
                 async for events in self._sse(chunks):
                     yield events
@@ -91,13 +99,17 @@ class ModelServer:
                 async for chunk in chunks:
                     yield chunk
 
-    async def completion(self, request: CompletionRequest, request_id: str) -> CompletionResponse:
+    async def completion(
+        self, request: CompletionRequest, request_id: str, trace_headers: TraceHeaders | None = None
+    ) -> CompletionResponse:
         with self.replica.admitted():
-            return await self.replica.serving()[1].create(request, request_id)
+            return await self.replica.serving()[1].create(request, request_id, trace_headers)
 
-    async def completion_stream(self, request: CompletionRequest, request_id: str) -> AsyncIterator[str]:
+    async def completion_stream(
+        self, request: CompletionRequest, request_id: str, trace_headers: TraceHeaders | None = None
+    ) -> AsyncIterator[str]:
         with self.replica.admitted():
-            chunks = await self.replica.serving()[1].stream(request, request_id)
+            chunks = await self.replica.serving()[1].stream(request, request_id, trace_headers)
             async for events in self._sse(chunks):
                 yield events
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from serve_app.config.schema import ServingOptions, Strict
+from serve_app.tracing import TracingSettings, resolve_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PRESET_ENV_VAR = "INFERENCE_DEFAULT_PRESET"
@@ -35,6 +37,45 @@ class RequestLimits(Strict):
     max_body_bytes: int = Field(1_000_000, gt=0, description="Larger request bodies get 413.")
     max_messages: int = Field(256, gt=0, description="Most messages one chat request may carry.")
     max_n: int = Field(8, ge=1, description="Most choices (`n`) one request may ask for.")
+
+
+class TracingOptions(Strict):
+    """OpenTelemetry tracing (README "Tracing"). Off unless an OTLP endpoint is known: this block's
+    or the standard OTEL_EXPORTER_OTLP_* variables of the environment Ray was started with."""
+
+    enabled: bool | None = Field(
+        None,
+        description="true: trace (an endpoint is required); false: never, whatever the environment "
+        "says; unset: trace when an endpoint is configured.",
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="Base OTLP endpoint, as OTEL_EXPORTER_OTLP_ENDPOINT (http/protobuf: /v1/traces "
+        "is appended). Unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT.",
+    )
+    protocol: Literal["http/protobuf", "grpc"] | None = Field(
+        None,
+        description="OTLP transport. Unset: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else "
+        "OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf.",
+    )
+    service_name: str | None = Field(
+        None,
+        description="service.name of the ingress's spans (vLLM's get the suffix -vllm). Unset: "
+        "OTEL_SERVICE_NAME, else inference.",
+    )
+    engine_spans: bool = Field(
+        True, description="Whether each vLLM engine exports its own per-request span (llm_request)."
+    )
+
+    def settings(self, environ: Mapping[str, str]) -> TracingSettings | None:
+        return resolve_settings(
+            enabled=self.enabled,
+            endpoint=self.otlp_endpoint,
+            protocol=self.protocol,
+            service_name=self.service_name,
+            engine_spans=self.engine_spans,
+            environ=environ,
+        )
 
 
 class AppArgs(Strict):
@@ -99,6 +140,9 @@ class AppArgs(Strict):
             "How long before Ray's force-kill of a stopping replica the requests still open end "
             "with an error. Covers the time to notice the stop (up to 2 s) and to send the errors."
         ),
+    )
+    tracing: TracingOptions = Field(
+        default_factory=TracingOptions, description="OpenTelemetry tracing; off by default."
     )
     engine_start_timeout_s: float = Field(
         900,

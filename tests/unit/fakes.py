@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
@@ -72,6 +72,7 @@ class FakeGenerateCall:
     prompt_token_ids: list[int]
     sampling: SamplingSpec
     request_id: str
+    trace_headers: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -167,9 +168,13 @@ class FakeEngine:
         return 100 + sum(map(ord, piece)) % 800
 
     async def generate(
-        self, prompt_token_ids: list[int], sampling: SamplingSpec, request_id: str
+        self,
+        prompt_token_ids: list[int],
+        sampling: SamplingSpec,
+        request_id: str,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[EngineStep]:
-        self.calls.append(FakeGenerateCall(list(prompt_token_ids), sampling, request_id))
+        self.calls.append(FakeGenerateCall(list(prompt_token_ids), sampling, request_id, trace_headers))
         self.generating += 1
         try:
             epoch = self._abort_epoch

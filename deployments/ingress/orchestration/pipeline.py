@@ -14,6 +14,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from opentelemetry.trace import Tracer
+
 from deployments.ingress.model_client import ModelClient
 from deployments.ingress.orchestration.prompts import (
     answer_text,
@@ -22,6 +24,7 @@ from deployments.ingress.orchestration.prompts import (
     judge_messages,
     revision_messages,
 )
+from deployments.ingress.orchestration.step_spans import end_step_span, fail_step_span, start_step_span
 from deployments.ingress.orchestration.verdict import (
     PICK_MAX_TOKENS,
     VERDICT_MAX_TOKENS,
@@ -42,6 +45,7 @@ from serve_app.protocol import (
     Usage,
 )
 from serve_app.tools import CallAssembler, JsonSchemaFormat, ResponseFormat, ToolCallDelta
+from serve_app.tracing import current
 
 # Sampling fields a pipeline step inherits from the client's request: the request's own mapping
 # (protocol.SamplingFields.SAMPLING) and output limit, less what pipelines refuse (n) and what
@@ -97,7 +101,15 @@ RESTART_CODES = frozenset({"model_restarting", "engine_dead", "replica_died", "r
 class Pipeline:
     mode = "single"
 
-    def __init__(self, request: ChatCompletionRequest, request_id: str, step_timeout_s: float):
+    def __init__(
+        self,
+        request: ChatCompletionRequest,
+        request_id: str,
+        step_timeout_s: float,
+        *,
+        tracer: Tracer | None = None,
+    ):
+        self.tracer = tracer  # None: untraced; else each step is a span under the current one
         self.request = request
         self.request_id = request_id
         self.step_timeout_s = step_timeout_s
@@ -172,62 +184,77 @@ class Pipeline:
         `request`: the step's own request instead (a critic's or judge's structured decision)."""
         yield StepStarted(role, client.model_id, round_)
         started = time.perf_counter()
+        span = start_step_span(
+            self.tracer, self.mode, role, client.model_id, round_, len(self.steps), self.request_id
+        )
         # The deadline covers waiting on the model only, never the time our consumer spends
         # between chunks: a slow client must not turn into a step timeout.
         deadline = asyncio.get_running_loop().time() + self.step_timeout_s
-        for attempt in itertools.count():
-            sub_id = f"{self.request_id}-{next(self._call_numbers)}"
-            content, reasoning, finish, usage = "", "", None, Usage()
-            calls = CallAssembler()
-            tool_calls = None
-            sent = False  # whether a delta of this step reached the caller
-            try:
-                if stream:
-                    step_request = request or self.step_request(client, messages, True, contract)
-                    chunks = aiter(client.chat_chunks(step_request, sub_id))
-                    while True:
-                        try:
+        try:
+            for attempt in itertools.count():
+                sub_id = f"{self.request_id}-{next(self._call_numbers)}"
+                content, reasoning, finish, usage = "", "", None, Usage()
+                calls = CallAssembler()
+                tool_calls = None
+                sent = False  # whether a delta of this step reached the caller
+                try:
+                    if stream:
+                        step_request = request or self.step_request(client, messages, True, contract)
+                        chunks = aiter(client.chat_chunks(step_request, sub_id))
+                        while True:
+                            try:
+                                # The step is current while its model call runs, never across a yield.
+                                with current(span):
+                                    async with asyncio.timeout_at(deadline):
+                                        chunk = await anext(chunks)
+                            except StopAsyncIteration:
+                                break
+                            usage = chunk.usage or usage
+                            for choice in chunk.choices:
+                                finish = choice.finish_reason or finish
+                                delta = choice.delta
+                                content += delta.content or ""
+                                reasoning += delta.reasoning_content or ""
+                                for call in delta.tool_calls or []:
+                                    calls.add(call)
+                                if delta.content or delta.reasoning_content or delta.tool_calls:
+                                    sent = True
+                                    yield FinalDelta(delta.content, delta.reasoning_content, delta.tool_calls)
+                        tool_calls = calls.calls()
+                    else:
+                        step_request = request or self.step_request(client, messages, False, contract)
+                        with current(span):
                             async with asyncio.timeout_at(deadline):
-                                chunk = await anext(chunks)
-                        except StopAsyncIteration:
-                            break
-                        usage = chunk.usage or usage
-                        for choice in chunk.choices:
-                            finish = choice.finish_reason or finish
-                            delta = choice.delta
-                            content += delta.content or ""
-                            reasoning += delta.reasoning_content or ""
-                            for call in delta.tool_calls or []:
-                                calls.add(call)
-                            if delta.content or delta.reasoning_content or delta.tool_calls:
-                                sent = True
-                                yield FinalDelta(delta.content, delta.reasoning_content, delta.tool_calls)
-                    tool_calls = calls.calls()
-                else:
-                    step_request = request or self.step_request(client, messages, False, contract)
-                    async with asyncio.timeout_at(deadline):
-                        response = await client.chat(step_request, sub_id)
-                    message = response.choices[0].message
-                    content, reasoning = message.content or "", message.reasoning_content or ""
-                    finish, usage = response.choices[0].finish_reason, response.usage
-                    tool_calls = message.tool_calls
-                break
-            except Exception as exc:
-                error = self._step_error(exc)
-                pause = STEP_RETRY_PAUSES_S[attempt] if attempt < len(STEP_RETRY_PAUSES_S) else None
-                loop_time = asyncio.get_running_loop().time()
-                if sent or error.code not in RESTART_CODES or pause is None or loop_time + pause >= deadline:
-                    raise self._fail(error, role, client.model_id, round_) from None
-                # The step's replica was stopping (a redeploy, a scale-down) or its engine died, and
-                # nothing of it reached the caller: the same step again goes to a live replica.
-                logger.info(
-                    "request %s: %s step got %s; trying again in %g s",
-                    self.request_id,
-                    role,
-                    error.code,
-                    pause,
-                )
-                await asyncio.sleep(pause)
+                                response = await client.chat(step_request, sub_id)
+                        message = response.choices[0].message
+                        content, reasoning = message.content or "", message.reasoning_content or ""
+                        finish, usage = response.choices[0].finish_reason, response.usage
+                        tool_calls = message.tool_calls
+                    break
+                except Exception as exc:
+                    error = self._step_error(exc)
+                    pause = STEP_RETRY_PAUSES_S[attempt] if attempt < len(STEP_RETRY_PAUSES_S) else None
+                    loop_time = asyncio.get_running_loop().time()
+                    if (
+                        sent
+                        or error.code not in RESTART_CODES
+                        or pause is None
+                        or loop_time + pause >= deadline
+                    ):
+                        raise self._fail(error, role, client.model_id, round_) from None
+                    # The step's replica was stopping (a redeploy, a scale-down) or its engine died, and
+                    # nothing of it reached the caller: the same step again goes to a live replica.
+                    logger.info(
+                        "request %s: %s step got %s; trying again in %g s",
+                        self.request_id,
+                        role,
+                        error.code,
+                        pause,
+                    )
+                    await asyncio.sleep(pause)
+        except BaseException as exc:  # a failure, or the caller closing the stream
+            fail_step_span(span, exc)
+            raise
         step = OrchestrationStep(
             role=role,
             model=client.model_id,
@@ -240,6 +267,8 @@ class Pipeline:
             tool_calls=tool_calls,
         )
         self.steps.append(step)
+        # Ended before the step's result goes to the caller: the step, not what follows it.
+        end_step_span(span, usage, attempt + 1, finish)
         yield StepFinished(step)
 
     def usage(self) -> Usage:
@@ -266,9 +295,17 @@ class CritiquePipeline(Pipeline):
     mode = "critique"
 
     def __init__(
-        self, request, request_id, step_timeout_s, generator: ModelClient, critic: ModelClient, rounds: int
+        self,
+        request,
+        request_id,
+        step_timeout_s,
+        generator: ModelClient,
+        critic: ModelClient,
+        rounds: int,
+        *,
+        tracer: Tracer | None = None,
     ):
-        super().__init__(request, request_id, step_timeout_s)
+        super().__init__(request, request_id, step_timeout_s, tracer=tracer)
         self.generator, self.critic, self.rounds = generator, critic, rounds
 
     def _critic_request(self, task: list[ChatMessage], draft: OrchestrationStep) -> ChatCompletionRequest:
@@ -333,9 +370,16 @@ class EnsemblePipeline(Pipeline):
     mode = "ensemble"
 
     def __init__(
-        self, request, request_id, step_timeout_s, candidates: Sequence[ModelClient], judge: ModelClient
+        self,
+        request,
+        request_id,
+        step_timeout_s,
+        candidates: Sequence[ModelClient],
+        judge: ModelClient,
+        *,
+        tracer: Tracer | None = None,
     ):
-        super().__init__(request, request_id, step_timeout_s)
+        super().__init__(request, request_id, step_timeout_s, tracer=tracer)
         self.candidates, self.judge = candidates, judge
 
     async def _collect(self, client: ModelClient) -> list[Event]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, TypeVar
+
+from opentelemetry.trace import Tracer
 
 from deployments.ingress.model_client import HandleModelClient
 from deployments.ingress.tenancy.admission import PriorityGate
@@ -24,6 +26,7 @@ from serve_app.protocol import (
     CompletionResponse,
     StreamOptions,
 )
+from serve_app.tracing import ended
 
 R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
 USAGE_MARK = '"usage":{'
@@ -58,15 +61,38 @@ class MeteredModelClient(HandleModelClient):
     makes tenant requests (keys-file keys) wait their turn at the model's gate, by tier. The Ray
     call starts only once the gate lets it through."""
 
-    def __init__(self, model_id: str, handle: Any, gate: PriorityGate | None = None):
-        super().__init__(model_id, handle)
+    def __init__(
+        self, model_id: str, handle: Any, gate: PriorityGate | None = None, tracer: Tracer | None = None
+    ):
+        super().__init__(model_id, handle, tracer)
         self.gate = gate
 
     def _slot(self, admission: Admission) -> AbstractAsyncContextManager[None]:
         principal = admission.principal
         if self.gate is None or principal is None or principal.legacy:
             return nullcontext()
-        return self.gate.slot(principal.priority)
+        if self.tracer is None:
+            return self.gate.slot(principal.priority)
+        return self._traced_slot(self.gate, principal.priority, self.tracer)
+
+    @asynccontextmanager
+    async def _traced_slot(self, gate: PriorityGate, priority: int, tracer: Tracer) -> AsyncIterator[None]:
+        """The gate's slot, its wait a span of its own (a sibling before the model call's)."""
+        span = tracer.start_span(
+            "admission.gate",
+            attributes={
+                "gen_ai.request.model": self.model_id,
+                "inference.priority": priority,
+                "inference.gate.in_use": gate.in_use,
+                "inference.gate.waiting": gate.waiting,
+            },
+        )
+        with ended(span):
+            await gate.acquire(priority)
+        try:
+            yield
+        finally:
+            gate.release()
 
     async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
         admission = current_admission.get()

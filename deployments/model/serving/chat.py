@@ -24,6 +24,7 @@ from serve_app.protocol import (
     Usage,
     now,
 )
+from serve_app.tracing import TraceHeaders
 
 
 @dataclass
@@ -89,11 +90,13 @@ class ChatServing(Serving):
             mode, request.tool_choice, parser, json_output=request.structured_output() is not None
         )
 
-    async def create(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
+    async def create(
+        self, request: ChatCompletionRequest, request_id: str, trace_headers: TraceHeaders | None = None
+    ) -> ChatCompletionResponse:
         prompt, sampling = await self._off_loop(self._prepare, request, request.text_chars())
         choices = [ChoiceState() for _ in range(request.n)]
         prompt_tokens = len(prompt)
-        async for step in self._generate(prompt, sampling, request_id):
+        async for step in self._generate(prompt, sampling, request_id, trace_headers):
             prompt_tokens = step.prompt_token_count
             for sample in step.samples:
                 state = choices[sample.index]
@@ -124,14 +127,19 @@ class ChatServing(Serving):
         )
 
     async def stream(
-        self, request: ChatCompletionRequest, request_id: str
+        self, request: ChatCompletionRequest, request_id: str, trace_headers: TraceHeaders | None = None
     ) -> AsyncIterator[ChatCompletionChunk]:
         """Yield OpenAI chunks. Validation errors raise before the first chunk is produced."""
         prompt, sampling = await self._off_loop(self._prepare, request, request.text_chars())
-        return self._stream(request, request_id, prompt, sampling)
+        return self._stream(request, request_id, prompt, sampling, trace_headers)
 
     async def _stream(
-        self, request: ChatCompletionRequest, request_id: str, prompt: list[int], sampling: SamplingSpec
+        self,
+        request: ChatCompletionRequest,
+        request_id: str,
+        prompt: list[int],
+        sampling: SamplingSpec,
+        trace_headers: TraceHeaders | None,
     ) -> AsyncIterator[ChatCompletionChunk]:
         created = now()
         choices = [
@@ -154,7 +162,7 @@ class ChatServing(Serving):
             ]
         )
         prompt_tokens = len(prompt)
-        async for step in self._generate(prompt, sampling, request_id):
+        async for step in self._generate(prompt, sampling, request_id, trace_headers):
             prompt_tokens = step.prompt_token_count
             deltas = (self._delta(choices[s.index], s, request.logprobs) for s in step.samples)
             out = [c for c in deltas if c is not None]

@@ -13,6 +13,7 @@ from serve_app.config.app_args import RequestLimits
 from serve_app.engine_api import Engine, EngineStep, SamplingSpec
 from serve_app.errors import InvalidRequest, RequestAborted, ServiceUnavailable
 from serve_app.metrics import EngineMetrics, NoMetrics
+from serve_app.tracing import TraceHeaders
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -135,9 +136,17 @@ class Serving:
             raise InvalidRequest(f"n may be at most {self.limits.max_n}", param="n")
 
     def _generate(
-        self, prompt: list[int], sampling: SamplingSpec, request_id: str
+        self,
+        prompt: list[int],
+        sampling: SamplingSpec,
+        request_id: str,
+        trace_headers: TraceHeaders | None = None,
     ) -> AsyncIterator[EngineStep]:
         started = time.perf_counter()
-        return observed(
-            self.engine.generate(prompt, sampling, request_id), self.metrics, self.model_id, started
+        # Untraced requests call the engine exactly as before tracing existed.
+        steps = (
+            self.engine.generate(prompt, sampling, request_id)
+            if trace_headers is None
+            else self.engine.generate(prompt, sampling, request_id, trace_headers)
         )
+        return observed(steps, self.metrics, self.model_id, started)

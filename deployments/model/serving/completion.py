@@ -17,6 +17,7 @@ from serve_app.protocol import (
     Usage,
     now,
 )
+from serve_app.tracing import TraceHeaders
 
 MAX_PROMPTS = 16
 
@@ -64,13 +65,17 @@ class CompletionServing(Serving):
         ]
         return Prepared(prompts, sampling)
 
-    def _generators(self, prepared: Prepared, request_id: str) -> list[AsyncIterator[EngineStep]]:
+    def _generators(
+        self, prepared: Prepared, request_id: str, trace_headers: TraceHeaders | None
+    ) -> list[AsyncIterator[EngineStep]]:
         return [
-            self._generate(prompt, sampling, f"{request_id}-{i}")
+            self._generate(prompt, sampling, f"{request_id}-{i}", trace_headers)
             for i, (prompt, sampling) in enumerate(zip(prepared.prompts, prepared.sampling, strict=True))
         ]
 
-    async def create(self, request: CompletionRequest, request_id: str) -> CompletionResponse:
+    async def create(
+        self, request: CompletionRequest, request_id: str, trace_headers: TraceHeaders | None = None
+    ) -> CompletionResponse:
         prepared = await self._off_loop(self._prepare, request, request.text_chars())
         n = request.n
         texts = [""] * (len(prepared.prompts) * n)
@@ -78,7 +83,7 @@ class CompletionServing(Serving):
         logprobs: list[list[TokenLogprob]] = [[] for _ in texts]
         completion_tokens = 0
         prompt_tokens = {i: len(p) for i, p in enumerate(prepared.prompts)}
-        async for prompt_index, step in merge(self._generators(prepared, request_id)):
+        async for prompt_index, step in merge(self._generators(prepared, request_id, trace_headers)):
             prompt_tokens[prompt_index] = step.prompt_token_count
             for sample in step.samples:
                 slot = prompt_index * n + sample.index
@@ -103,19 +108,25 @@ class CompletionServing(Serving):
             usage=Usage.counted(total_prompt, completion_tokens),
         )
 
-    async def stream(self, request: CompletionRequest, request_id: str) -> AsyncIterator[CompletionChunk]:
+    async def stream(
+        self, request: CompletionRequest, request_id: str, trace_headers: TraceHeaders | None = None
+    ) -> AsyncIterator[CompletionChunk]:
         prepared = await self._off_loop(self._prepare, request, request.text_chars())
-        return self._stream(request, request_id, prepared)
+        return self._stream(request, request_id, prepared, trace_headers)
 
     async def _stream(
-        self, request: CompletionRequest, request_id: str, prepared: Prepared
+        self,
+        request: CompletionRequest,
+        request_id: str,
+        prepared: Prepared,
+        trace_headers: TraceHeaders | None,
     ) -> AsyncIterator[CompletionChunk]:
         created = now()
         n = request.n
         offsets = [0] * (len(prepared.prompts) * n)
         completion_tokens = 0
         prompt_tokens = {i: len(p) for i, p in enumerate(prepared.prompts)}
-        async for prompt_index, step in merge(self._generators(prepared, request_id)):
+        async for prompt_index, step in merge(self._generators(prepared, request_id, trace_headers)):
             prompt_tokens[prompt_index] = step.prompt_token_count
             choices = []
             for sample in step.samples:
