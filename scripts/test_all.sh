@@ -47,7 +47,7 @@ bash scripts/gateway/start.sh
 echo "==> the agent-framework venv (OpenAI Agents SDK, for test_agent_framework.py)"
 bash scripts/agents/setup.sh >/dev/null
 
-export INFERENCE_REQUIRE_SERVICE=1 INFERENCE_REQUIRE_GATEWAY=1 INFERENCE_DEFAULT_PRESET=D4
+export INFERENCE_REQUIRE_SERVICE=1 INFERENCE_REQUIRE_GATEWAY=1 INFERENCE_REQUIRE_TRACING=1 INFERENCE_DEFAULT_PRESET=D4
 export INFERENCE_METRICS_URL=${INFERENCE_METRICS_URL:-http://127.0.0.1:${RAY_METRICS_PORT:-9101}/metrics}
 echo "==> integration tests (HTTP only; the same suite runs against any deployment)"
 python -m pytest tests/integration -v -p no:cacheprovider --durations=15
