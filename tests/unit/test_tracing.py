@@ -35,7 +35,7 @@ from serve_app.protocol import (
 from serve_app.tracing import resolve_settings
 
 from .fakes import FakeDirectory, FakeEngine, FakeMetrics, FakeModelClient, Reply
-from .support import CATALOG_PATH, parse_sse
+from .support import CATALOG_PATH, parse_sse, sse_json
 from .tenancy.fakes import FakeClock, FakeQuotaStore
 
 GEN, CRITIC = "qwen2.5-7b", "deepseek-r1-7b"
@@ -166,7 +166,11 @@ async def test_a_streamed_critique_is_one_trace_under_the_clients_traceparent(
     assert [s.name for s in steps] == ["critique generator", "critique critic", "critique generator"]
     for child in (admission, *steps):
         assert child.parent is not None and child.parent.span_id == root.context.span_id
-    assert steps[-1].attributes is not None and steps[-1].attributes["gen_ai.usage.output_tokens"] > 0
+    events = [sse_json(e) for e in parse_sse(response.text) if e != "[DONE]"]
+    [orchestration] = [e["orchestration"] for e in events if "orchestration" in e]
+    for span, step in zip(steps, orchestration["steps"], strict=True):
+        assert span.attributes is not None
+        assert span.attributes["gen_ai.usage.output_tokens"] == step["usage"]["completion_tokens"]
 
 
 async def test_without_a_tracer_no_middleware_and_no_traceparent(
