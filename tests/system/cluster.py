@@ -210,6 +210,26 @@ async def running_config() -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
+def comparable_apps(apps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Applications by name, reduced to what a deploy sets (as opposed to what Serve adds)."""
+    keys = ("name", "route_prefix", "import_path", "args")
+    return {app["name"]: {k: app.get(k) for k in keys} for app in apps}
+
+
+async def running_apps() -> dict[str, dict[str, Any]]:
+    """`comparable_apps` of what the cluster runs now."""
+    return comparable_apps(await running_config())
+
+
+async def require_running(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Skip (or fail under INFERENCE_REQUIRE_SERVICE) unless the cluster runs exactly `config`'s
+    applications: a test must not redeploy over someone else's cluster. Returns them, comparable."""
+    running, expected = await running_apps(), comparable_apps(config["applications"])
+    if running != expected:
+        skip_or_fail(f"the cluster does not run {SERVE_CONFIG}; refusing to redeploy over it: {running}")
+    return expected
+
+
 async def wait_ready(http: httpx.AsyncClient, models: list[str], timeout: float = MODEL_LOAD_TIMEOUT) -> None:
     """Until every model's card says ready and it answers a short chat request."""
     deadline = time.monotonic() + timeout

@@ -51,9 +51,8 @@ from .cluster import (
     deploy,
     long_stream,
     replica_pids,
-    running_config,
+    require_running,
     short_chat,
-    skip_or_fail,
     wait_ready,
 )
 
@@ -78,10 +77,6 @@ def _clean_restart(label: str, outcome: Outcome) -> bool:
 
 def _messages(count: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"message {i}"} for i in range(count)]
-
-
-def _comparable(app: dict[str, Any]) -> dict[str, Any]:
-    return {k: app.get(k) for k in ("name", "route_prefix", "import_path", "args")}
 
 
 async def _stream_wave(
@@ -112,10 +107,7 @@ async def test_redeploy_with_streams_in_flight(
     deployed = {c["id"] for c in fetch_models()["data"]}
     if not set(MODELS) <= deployed:
         pytest.skip(f"needs {MODELS} deployed; found {sorted(deployed)}")
-    running = {a["name"]: _comparable(a) for a in await running_config()}
-    expected = {a["name"]: _comparable(a) for a in serve_config["applications"]}
-    if running != expected:
-        skip_or_fail(f"the cluster does not run {SERVE_CONFIG}; refusing to redeploy over it: {running}")
+    await require_running(serve_config)
     await wait_ready(http, MODELS)
 
     changed = copy.deepcopy(serve_config)

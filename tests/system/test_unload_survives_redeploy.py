@@ -39,9 +39,9 @@ from .cluster import (
     engine_cores,
     one_replica,
     replica_pids,
-    running_config,
+    require_running,
+    running_apps,
     short_chat,
-    skip_or_fail,
     wait_ready,
 )
 
@@ -51,10 +51,6 @@ TIGHT_APP = "tight"
 MODEL = "llama-3.2-3b"  # the tight app's only model (preset single-llama-3.2-3b)
 CHANGED_MAX_MESSAGES = 200
 REPORT_WAIT_S = 60.0  # a new replica reports to its directory within seconds of starting
-
-
-def _comparable(app: dict[str, Any]) -> dict[str, Any]:
-    return {k: app.get(k) for k in ("name", "route_prefix", "import_path", "args")}
 
 
 async def _card(tight: httpx.AsyncClient) -> dict[str, Any]:
@@ -81,10 +77,7 @@ async def test_an_unloaded_model_stays_unloaded_across_a_redeploy(
     apps = {a["name"] for a in serve_config["applications"]}
     if TIGHT_APP not in apps:
         pytest.skip(f"needs the {TIGHT_APP!r} app of tests/serve_config.test.yaml; found {sorted(apps)}")
-    running = {a["name"]: _comparable(a) for a in await running_config()}
-    expected = {a["name"]: _comparable(a) for a in serve_config["applications"]}
-    if running != expected:
-        skip_or_fail(f"the cluster does not run {SERVE_CONFIG}; refusing to redeploy over it: {running}")
+    expected = await require_running(serve_config)
 
     changed = copy.deepcopy(serve_config)
     args = app_config(changed, TIGHT_APP).setdefault("args", {})
@@ -141,5 +134,5 @@ async def test_an_unloaded_model_stays_unloaded_across_a_redeploy(
         await wait_ready(tight, [MODEL])
         card = await _reported_card(tight)
         assert card["status"] == "ready" and card["replicas"] == {"ready": 1}, card
-    restored = {a["name"]: _comparable(a) for a in await running_config()}
+    restored = await running_apps()
     assert restored == expected, f"the original config is not running again: {restored}"
